@@ -1,0 +1,28 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+SHELL := /bin/bash
+ENV := . tools/env.sh &&
+
+.PHONY: setup test test-contracts test-python invariants fuzz bench lint demo clean
+
+setup:
+	@tools/setup.sh
+
+## test: set up, then every suite CI runs (ape tests on anvil, forge invariants, lint, types)
+test: setup
+	@$(ENV) tools/run-tests.sh
+
+invariants: setup
+	@$(ENV) forge test --root . --config-path foundry.toml -vv
+
+## fuzz: long invariant runs (not part of `make test`)
+fuzz: setup
+	@$(ENV) FOUNDRY_PROFILE=fuzz forge test --root . --config-path foundry.toml -vv
+
+bench: setup
+	@$(ENV) python bench/gas.py
+
+lint: setup
+	@$(ENV) ruff check ops tests scripts bench && ruff format --check ops tests scripts bench && mypy
+
+clean:
+	rm -rf .build out cache contracts/.cache .venv node_modules .solcx
