@@ -25,6 +25,8 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, INodeRegistry 
 
     /// @notice Most models one host may list (bounds every loop over them).
     uint256 public constant MAX_MODELS_PER_HOST = 32;
+    /// @notice Most payment tokens one host may price (bounds the clean-up on exit).
+    uint256 public constant MAX_PRICED_TOKENS = 16;
     /// @notice Longest API URL (bytes).
     uint256 public constant MAX_URL_LENGTH = 512;
     /// @notice Longest metadata JSON (bytes).
@@ -64,6 +66,9 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, INodeRegistry 
     mapping(address host => bytes32[]) private _hostModels;
     mapping(address host => mapping(bytes32 modelId => bool)) private _serves;
     mapping(address host => mapping(address token => uint256)) private _minPrice;
+    /// @dev Tokens with a non-zero price, so that leaving clears them: a host that comes
+    ///      back must not silently accept tokens at prices from its previous life.
+    mapping(address host => address[]) private _pricedTokens;
     mapping(bytes32 modelId => EnumerableSet.AddressSet) private _modelHosts;
     EnumerableSet.AddressSet private _activeHosts;
 
@@ -82,6 +87,7 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, INodeRegistry 
     error DuplicateModel(bytes32 modelId);
     error ModelNotApproved(bytes32 modelId);
     error LengthMismatch();
+    error TooManyPricedTokens();
     error ZeroAmount();
     error SlashExceedsStake(uint256 amount, uint256 stake);
     error ZeroAddress();
@@ -223,6 +229,7 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, INodeRegistry 
         if (block.timestamp < h.unbondingEndsAt) revert UnbondingNotOver(h.unbondingEndsAt);
         uint256 amount = h.stake;
         delete _hosts[msg.sender];
+        _clearPrices(msg.sender);
         emit StakeWithdrawn(msg.sender, amount);
         if (amount != 0) fabToken.safeTransfer(msg.sender, amount);
     }
@@ -299,6 +306,11 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, INodeRegistry 
         return _hostModels[host];
     }
 
+    /// @notice Payment tokens the host currently prices (accepts).
+    function pricedTokens(address host) external view returns (address[] memory) {
+        return _pricedTokens[host];
+    }
+
     /// @notice Minimum price per token a host asks in `token` (0: not accepted).
     function minPriceOf(address host, address token) external view returns (uint256) {
         return _minPrice[host][token];
@@ -363,8 +375,37 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, INodeRegistry 
     function _setPrices(address host, address[] calldata tokens, uint256[] calldata minPrices) private {
         if (tokens.length != minPrices.length) revert LengthMismatch();
         for (uint256 i; i < tokens.length; ++i) {
-            _minPrice[host][tokens[i]] = minPrices[i];
-            emit MinPriceSet(host, tokens[i], minPrices[i]);
+            address token = tokens[i];
+            uint256 price = minPrices[i];
+            uint256 old = _minPrice[host][token];
+            if (old == 0 && price != 0) {
+                if (_pricedTokens[host].length == MAX_PRICED_TOKENS) revert TooManyPricedTokens();
+                _pricedTokens[host].push(token);
+            } else if (old != 0 && price == 0) {
+                _removePricedToken(host, token);
+            }
+            _minPrice[host][token] = price;
+            emit MinPriceSet(host, token, price);
+        }
+    }
+
+    function _removePricedToken(address host, address token) private {
+        address[] storage list = _pricedTokens[host];
+        uint256 n = list.length;
+        for (uint256 i; i < n; ++i) {
+            if (list[i] == token) {
+                list[i] = list[n - 1];
+                list.pop();
+                return;
+            }
+        }
+    }
+
+    function _clearPrices(address host) private {
+        address[] storage list = _pricedTokens[host];
+        for (uint256 i = list.length; i > 0; --i) {
+            delete _minPrice[host][list[i - 1]];
+            list.pop();
         }
     }
 

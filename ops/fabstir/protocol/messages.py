@@ -37,6 +37,8 @@ MAX_FRAME_BYTES: Final = 1 << 20
 MAX_SAFE_INTEGER: Final = 2**53 - 1
 MAX_ID_LENGTH: Final = 64
 MAX_ERROR_MESSAGE_LENGTH: Final = 2048
+MAX_HISTORY_TURNS: Final = 48
+MAX_HISTORY_TURN_CHARS: Final = 16_384
 #: Why a response ended: natural stop, max_tokens hit, client cancel, session
 #: deposit used up, or a host-side failure (an `error` frame follows).
 FINISH_REASONS: Final = frozenset({"stop", "length", "cancelled", "budget", "error"})
@@ -144,6 +146,18 @@ def _text(max_chars: int | None = None) -> Check:
     return check
 
 
+def _text_list(max_items: int, max_chars: int) -> Check:
+    def check(name: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple):
+            raise _malformed(f"{name} must be an array of strings, got {_short(value)}")
+        if len(value) > max_items:
+            raise _malformed(f"{name} has more than {max_items} items")
+        text = _text(max_chars)
+        return tuple(text(f"{name}[{i}]", item) for i, item in enumerate(value))
+
+    return check
+
+
 def _one_of(allowed: frozenset[str]) -> Check:
     def check(name: str, value: Any) -> str:
         if not isinstance(value, str) or value not in allowed:
@@ -233,6 +247,9 @@ class SessionInit(Message):
     SENDER: ClassVar[Sender | None] = "client"
     session_id: int = _f(_uint())
     signature: str = _f(_signature)
+    #: On resume only: the conversation so far, alternating user and assistant
+    #: turns, for a host that lost it (restart). Ignored by a host that still has it.
+    history: tuple[str, ...] | None = _opt(_text_list(MAX_HISTORY_TURNS, MAX_HISTORY_TURN_CHARS))
 
 
 @dataclass(frozen=True)

@@ -101,12 +101,13 @@ PrivateKeyLike: TypeAlias = str | bytes | PrivateKey | _HasKey
 
 
 def _uint256(value: int, name: str) -> int:
-    # bool is an int subclass; True as a session id is always a bug.
-    if type(value) is not int or not 0 <= value <= _UINT256_MAX:
+    # bool is an int subclass; True as a session id is always a bug. Other int
+    # subclasses (web3/ape return values) are fine and normalised to int.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _UINT256_MAX:
         raise SDKError(
             SDKErrorCode.INVALID_ARGUMENT, f"{name} must be an int in 0..2**256-1, got {value!r}"
         )
-    return value
+    return int(value)
 
 
 def is_valid_address(value: object) -> bool:
@@ -193,11 +194,17 @@ class Eip712Domain:
     version: str = DOMAIN_VERSION
 
     def __post_init__(self) -> None:
-        if type(self.chain_id) is not int or not 0 < self.chain_id <= _UINT256_MAX:
+        chain_id = self.chain_id
+        if (
+            isinstance(chain_id, bool)
+            or not isinstance(chain_id, int)
+            or not 0 < chain_id <= _UINT256_MAX
+        ):
             raise SDKError(
                 SDKErrorCode.INVALID_ARGUMENT,
                 f"chain_id must be a positive int, got {self.chain_id!r}",
             )
+        object.__setattr__(self, "chain_id", int(chain_id))
         if not is_valid_address(self.verifying_contract):
             raise SDKError(
                 SDKErrorCode.INVALID_ADDRESS,
@@ -360,8 +367,8 @@ class Receipt:
     signature: str
 
     def __post_init__(self) -> None:
-        _uint256(self.session_id, "session_id")
-        _uint256(self.tokens_used, "tokens_used")
+        object.__setattr__(self, "session_id", _uint256(self.session_id, "session_id"))
+        object.__setattr__(self, "tokens_used", _uint256(self.tokens_used, "tokens_used"))
         object.__setattr__(
             self, "content_hash", "0x" + to_bytes32(self.content_hash, "content_hash").hex()
         )
