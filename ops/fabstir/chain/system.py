@@ -3,16 +3,55 @@
 The two ledgers are deployed before the marketplace, to its precomputed address, and
 the marketplace's constructor refuses ledgers that do not name it: the wiring between
 vault and ledgers is fixed at deploy and cannot be forgotten afterwards.
+
+Every transaction goes through a `TxSender`, which records its hash, block and gas;
+`deploy_system` can keep contracts that are already deployed (`reuse`), and each wiring
+step is skipped when the chain already has it, so a deploy can be resumed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+
+from fabstir.chain.deployments import CONTRACT_NAMES, ContractRecord, TxRecord
 from fabstir.chain.params import DeployParams
 
 ETH = "0x0000000000000000000000000000000000000000"
+DEFAULT_ADMIN_ROLE = "0x" + "00" * 32
+
+Log = Callable[[str], None]
+
+
+def role_id(name: str) -> str:
+    """bytes32 id of an AccessControl role by constant name (DEFAULT_ADMIN_ROLE is zero)."""
+    if name == "DEFAULT_ADMIN_ROLE":
+        return DEFAULT_ADMIN_ROLE
+    return "0x" + keccak(text=name).hex()
+
+
+def address_of(account: Any) -> str:
+    """Checksummed address of an ape account, contract instance or address string."""
+    return to_checksum_address(account if isinstance(account, str) else account.address)
+
+
+# Which contract type each deployment name is built from.
+CONTRACT_TYPES = {
+    "FABToken": "FABToken",
+    "USDC": "MockUSDC",
+    "ModelRegistry": "ModelRegistry",
+    "NodeRegistry": "NodeRegistry",
+    "ProofSystem": "ProofSystem",
+    "HostEarnings": "HostEarnings",
+    "Treasury": "Treasury",
+    "JobMarketplace": "JobMarketplace",
+}
+# Deployed together or not at all: the ledgers name the marketplace's precomputed address.
+LEDGER_GROUP = ("HostEarnings", "Treasury", "JobMarketplace")
 
 
 @dataclass
@@ -27,6 +66,10 @@ class System:
     host_earnings: Any
     treasury: Any
     marketplace: Any
+    records: dict[str, ContractRecord] = field(default_factory=dict)
+    transactions: list[TxRecord] = field(default_factory=list)
+    # name -> "deployed" | "reused" | "external"
+    status: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -40,36 +83,136 @@ class System:
             "JobMarketplace": self.marketplace,
         }
 
+    def addresses(self) -> dict[str, str]:
+        return {name: address_of(c) for name, c in self.as_dict().items()}
+
 
 @dataclass(frozen=True)
 class Roles:
-    """Who gets which role; every one defaults to the deployer."""
+    """Who gets which role; pauser and token_admin default to the deployer (admin)."""
 
     curator: Any
     slasher: Any
     treasurer: Any
     slash_recipient: Any
+    pauser: Any = None
+    token_admin: Any = None
 
 
-def deploy_system(project: Any, deployer: Any, params: DeployParams, roles: Roles) -> System:
+def code_hash(container: Any) -> str:
+    """keccak256 of a contract type's creation bytecode (constructor arguments excluded)."""
+    bytecode = container.contract_type.deployment_bytecode.bytecode or "0x"
+    return "0x" + keccak(hexstr=bytecode).hex()
+
+
+class TxSender:
+    """Sends every deploy and call from one account with the same transaction settings
+    (gas pricing, confirmations), and records what each one cost."""
+
+    def __init__(
+        self, account: Any, tx_kwargs: Mapping[str, Any] | None = None, log: Log | None = None
+    ):
+        self.account = account
+        self.tx_kwargs = dict(tx_kwargs or {})
+        self.log = log or (lambda _msg: None)
+        self.transactions: list[TxRecord] = []
+        self.on_deployed: Callable[[str, ContractRecord], None] | None = None
+
+    @property
+    def address(self) -> str:
+        return address_of(self.account)
+
+    def deploy(self, name: str, container: Any, *args: Any) -> tuple[Any, ContractRecord]:
+        self.log(f"  deploying {name} ...")
+        instance = self.account.deploy(container, *args, **self.tx_kwargs)
+        receipt = self.account.provider.get_receipt(instance.txn_hash)
+        record = ContractRecord(
+            address=address_of(instance),
+            block=int(receipt.block_number),
+            tx_hash=str(receipt.txn_hash),
+            code_hash=code_hash(container),
+            contract_type=container.contract_type.name,
+        )
+        self.transactions.append(
+            TxRecord(
+                f"deploy {name}",
+                record.tx_hash or "",
+                int(receipt.block_number),
+                int(receipt.gas_used),
+                name,
+            )
+        )
+        self.log(
+            f"  deployed  {name} at {record.address} (block {record.block}, gas {receipt.gas_used})"
+        )
+        if self.on_deployed is not None:
+            self.on_deployed(name, record)
+        return instance, record
+
+    def call(self, step: str, method: Any, *args: Any) -> Any:
+        self.log(f"  {step} ...")
+        receipt = method(*args, sender=self.account, **self.tx_kwargs)
+        self.transactions.append(
+            TxRecord(step, str(receipt.txn_hash), int(receipt.block_number), int(receipt.gas_used))
+        )
+        return receipt
+
+
+def deploy_system(
+    project: Any,
+    deployer: Any,
+    params: DeployParams,
+    roles: Roles,
+    *,
+    sender: TxSender | None = None,
+    reuse: Mapping[str, tuple[Any, ContractRecord]] | None = None,
+) -> System:
     """Deploy every contract from `deployer` and grant the roles the system needs.
 
-    The deployer keeps DEFAULT_ADMIN_ROLE everywhere; rotating it to a multisig is a
-    separate, audited step (docs/runbooks/deploy.md).
+    `reuse` maps deployment names to (instance, record) of contracts to keep; the three
+    of LEDGER_GROUP are kept together or not at all. Wiring steps already present on
+    chain are skipped. The deployer keeps DEFAULT_ADMIN_ROLE everywhere; rotating it to
+    a multisig is a separate, audited step (docs/runbooks/deploy.md).
     """
+    tx = sender or TxSender(deployer)
+    keep = dict(reuse or {})
+    if not all(name in keep for name in LEDGER_GROUP):
+        for name in LEDGER_GROUP:
+            keep.pop(name, None)
+    records: dict[str, ContractRecord] = {}
+    status: dict[str, str] = {}
+
+    def get(name: str, *args: Any) -> Any:
+        if name in keep:
+            instance, record = keep[name]
+            records[name], status[name] = record, "reused"
+            return instance
+        instance, records[name] = tx.deploy(name, getattr(project, CONTRACT_TYPES[name]), *args)
+        status[name] = "deployed"
+        return instance
+
+    def external(name: str, container: Any, address: str) -> Any:
+        records[name] = ContractRecord(
+            address=to_checksum_address(address),
+            contract_type=container.contract_type.name,
+            external=True,
+        )
+        status[name] = "external"
+        return container.at(address)
+
     fab = (
-        project.FABToken.at(params.fab_address)
+        external("FABToken", project.FABToken, params.fab_address)
         if params.fab_address
-        else deployer.deploy(project.FABToken, deployer, params.fab_supply)
+        else get("FABToken", deployer, params.fab_supply)
     )
     usdc = (
-        project.MockUSDC.at(params.usdc_address)
+        external("USDC", project.MockUSDC, params.usdc_address)
         if params.usdc_address
-        else deployer.deploy(project.MockUSDC)
+        else get("USDC")
     )
-    models = deployer.deploy(project.ModelRegistry, deployer)
-    nodes = deployer.deploy(
-        project.NodeRegistry,
+    models = get("ModelRegistry", deployer)
+    nodes = get(
+        "NodeRegistry",
         deployer,
         fab,
         models,
@@ -77,29 +220,91 @@ def deploy_system(project: Any, deployer: Any, params: DeployParams, roles: Role
         params.unbonding_period,
         roles.slash_recipient,
     )
-    proofs = deployer.deploy(project.ProofSystem)
+    proofs = get("ProofSystem")
 
-    nonce = deployer.nonce
-    marketplace_address = deployer.get_deployment_address(nonce + 2)
-    earnings = deployer.deploy(project.HostEarnings, marketplace_address)
-    treasury = deployer.deploy(project.Treasury, deployer, marketplace_address)
-    marketplace = deployer.deploy(
-        project.JobMarketplace,
-        deployer,
+    if all(name in keep for name in LEDGER_GROUP):
+        earnings, treasury, marketplace = (get(name) for name in LEDGER_GROUP)
+    else:
+        nonce = deployer.nonce
+        marketplace_address = deployer.get_deployment_address(nonce + 2)
+        earnings = get("HostEarnings", marketplace_address)
+        treasury = get("Treasury", deployer, marketplace_address)
+        marketplace = get(
+            "JobMarketplace",
+            deployer,
+            nodes,
+            proofs,
+            earnings,
+            treasury,
+            params.fee_bps,
+            params.settlement_window,
+            params.eth_min_deposit,
+        )
+        if address_of(marketplace) != address_of(marketplace_address):
+            raise RuntimeError("marketplace landed at an unexpected address; nonce raced")
+
+    def grant(contract: Any, cname: str, role: str, account: Any) -> None:
+        if not contract.hasRole(role_id(role), account):
+            tx.call(
+                f"{cname}.grantRole({role}, {address_of(account)})",
+                contract.grantRole,
+                role_id(role),
+                account,
+            )
+
+    grant(models, "ModelRegistry", "CURATOR_ROLE", roles.curator)
+    grant(nodes, "NodeRegistry", "MARKETPLACE_ROLE", marketplace)
+    grant(nodes, "NodeRegistry", "SLASHER_ROLE", roles.slasher)
+    grant(treasury, "Treasury", "TREASURER_ROLE", roles.treasurer)
+    config = marketplace.tokenConfig(usdc)
+    if not config.accepted or config.minDeposit != params.usdc_min_deposit:
+        tx.call(
+            f"JobMarketplace.configureToken(USDC, true, {params.usdc_min_deposit})",
+            marketplace.configureToken,
+            usdc,
+            True,
+            params.usdc_min_deposit,
+        )
+    # The constructor makes the deployer pauser and token admin; hand them over if asked.
+    for role, holder in (("PAUSER_ROLE", roles.pauser), ("TOKEN_ADMIN_ROLE", roles.token_admin)):
+        if holder is None or address_of(holder) == address_of(deployer):
+            continue
+        grant(marketplace, "JobMarketplace", role, holder)
+        if marketplace.hasRole(role_id(role), deployer):
+            tx.call(
+                f"JobMarketplace.renounceRole({role}, deployer)",
+                marketplace.renounceRole,
+                role_id(role),
+                deployer,
+            )
+
+    return System(
+        fab,
+        usdc,
+        models,
         nodes,
         proofs,
         earnings,
         treasury,
-        params.fee_bps,
-        params.settlement_window,
-        params.eth_min_deposit,
+        marketplace,
+        records={n: records[n] for n in CONTRACT_NAMES},
+        transactions=list(tx.transactions),
+        status={n: status[n] for n in CONTRACT_NAMES},
     )
-    if marketplace.address != marketplace_address:
-        raise RuntimeError("marketplace landed at an unexpected address; nonce raced")
 
-    models.grantRole(models.CURATOR_ROLE(), roles.curator, sender=deployer)
-    nodes.grantRole(nodes.MARKETPLACE_ROLE(), marketplace, sender=deployer)
-    nodes.grantRole(nodes.SLASHER_ROLE(), roles.slasher, sender=deployer)
-    treasury.grantRole(treasury.TREASURER_ROLE(), roles.treasurer, sender=deployer)
-    marketplace.configureToken(usdc, True, params.usdc_min_deposit, sender=deployer)
-    return System(fab, usdc, models, nodes, proofs, earnings, treasury, marketplace)
+
+def attach_system(project: Any, addresses: Mapping[str, str]) -> System:
+    """ape instances for recorded addresses (USDC through the MockUSDC ABI: ERC20 reads)."""
+    c = {
+        name: getattr(project, CONTRACT_TYPES[name]).at(addresses[name]) for name in CONTRACT_NAMES
+    }
+    return System(
+        c["FABToken"],
+        c["USDC"],
+        c["ModelRegistry"],
+        c["NodeRegistry"],
+        c["ProofSystem"],
+        c["HostEarnings"],
+        c["Treasury"],
+        c["JobMarketplace"],
+    )

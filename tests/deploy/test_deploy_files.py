@@ -1,0 +1,115 @@
+"""deployments/<chainId>.json (atomic write, loader, directory override) and the
+checked-in params files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fabstir.chain.deployments import (
+    ContractRecord,
+    Deployment,
+    DeploymentError,
+    deployments_dir,
+    load_deployment,
+    read_deployment,
+    write_deployment,
+)
+from fabstir.chain.params import (
+    PARAMS_DIR,
+    DeployParams,
+    ParamsError,
+    ParamsFile,
+    default_params_name,
+    load_params,
+    load_params_file,
+)
+
+ADDR = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+
+
+def _deployment(complete: bool = True) -> Deployment:
+    return Deployment(
+        chain_id=31337,
+        network="ethereum:local:foundry",
+        deployer=ADDR,
+        contracts={"JobMarketplace": ContractRecord(ADDR, 7, "0xab", "0xcd", "JobMarketplace")},
+        params=DeployParams().to_dict(),
+        roles={"admin": ADDR},
+        complete=complete,
+    )
+
+
+def test_write_is_atomic_and_round_trips(tmp_path: Path) -> None:
+    path = write_deployment(_deployment(), tmp_path)
+    assert path == tmp_path / "31337.json"
+    assert [p.name for p in tmp_path.iterdir()] == ["31337.json"]  # no temp file left
+    dep = load_deployment(31337, tmp_path)
+    assert dep.address("JobMarketplace") == dep.address("jobmarketplace") == ADDR
+    assert dep.to_dict() == json.loads(path.read_text())
+    with pytest.raises(DeploymentError, match="has no 'NodeRegistry'"):
+        dep.address("NodeRegistry")
+
+
+def test_a_failed_write_leaves_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_deployment(_deployment(), tmp_path)
+    before = (tmp_path / "31337.json").read_text()
+
+    def boom(*_a: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_deployment(_deployment(complete=False), tmp_path)
+    assert (tmp_path / "31337.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["31337.json"]
+
+
+def test_loader_refuses_missing_and_unfinished(tmp_path: Path) -> None:
+    with pytest.raises(DeploymentError, match="run `ape run deploy`"):
+        load_deployment(31337, tmp_path)
+    write_deployment(_deployment(complete=False), tmp_path)
+    assert read_deployment(31337, tmp_path) is not None
+    with pytest.raises(DeploymentError, match="unfinished"):
+        load_deployment(31337, tmp_path)
+
+
+def test_directory_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FABSTIR_DEPLOYMENTS_DIR", raising=False)
+    assert deployments_dir() == PARAMS_DIR.parent
+    monkeypatch.setenv("FABSTIR_DEPLOYMENTS_DIR", str(tmp_path))
+    assert deployments_dir() == tmp_path
+    assert deployments_dir(tmp_path / "x") == tmp_path / "x"
+    write_deployment(_deployment())
+    assert load_deployment(31337).address("JobMarketplace") == ADDR
+
+
+def test_checked_in_params_files() -> None:
+    local = load_params_file("local")
+    assert local.chain_id == 31337 and local.params == DeployParams()
+    assert local.params.usdc_address is None and local.params.fab_address is None
+    assert load_params("local") == local.params
+    live = load_params_file("base-sepolia")
+    assert live.chain_id == 84532 and live.network == "base:sepolia:node"
+    assert live.params.usdc_address == "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+    assert live.gas.max_priority_fee_wei > 0 and live.gas.confirmations >= 1
+    assert live.comment and local.comment
+    assert default_params_name(31337) == "local" and default_params_name(84532) == "base-sepolia"
+    for path in PARAMS_DIR.glob("*.json"):  # every file parses, and documents itself
+        assert json.loads(path.read_text())["comment"], path
+
+
+def test_params_validation() -> None:
+    with pytest.raises(ParamsError, match="unknown deployment parameters"):
+        ParamsFile.from_dict("x", {"chain_id": 1, "fee": 3})
+    with pytest.raises(ParamsError, match="chain_id"):
+        ParamsFile.from_dict("x", {})
+    with pytest.raises(ParamsError, match="usdc_address must be a 0x address"):
+        ParamsFile.from_dict("x", {"chain_id": 1, "usdc_address": "USDC"})
+    with pytest.raises(ParamsError, match="role admin"):
+        ParamsFile.from_dict("x", {"chain_id": 1, "roles": {"admin": "alice"}})
+    with pytest.raises(ParamsError, match="no default params file for chain id 5"):
+        default_params_name(5)
