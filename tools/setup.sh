@@ -44,6 +44,10 @@ if [ ! -e ".solcx/solc-v$SOLC_VERSION" ]; then
   fi
 fi
 
+step "compiling the contracts"
+SOLCX_BINARY_PATH="$ROOT/.solcx" PATH="$ROOT/node_modules/@foundry-rs/anvil-linux-amd64/bin:$PATH" \
+  .venv/bin/ape compile >/dev/null
+
 step "fetching the bundled model"
 .venv/bin/python -m fabstir.models fetch --quiet
 step "set-up complete"

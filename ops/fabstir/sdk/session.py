@@ -1,0 +1,596 @@
+"""SessionManager: a paid inference session from deposit to settlement.
+
+`start_session` escrows the deposit on chain with a fresh throw-away session key,
+connects to the host and proves it holds that key. Prompts stream back as chunks;
+for every chunk the SDK recomputes the transcript hash and checks the host's token
+count, and it signs receipts (EIP-712, with the session key, no wallet pop-up) as
+the tokens arrive, so the host never waits long and never streams more than one
+proof interval unsigned. `complete_session` hands over the newest receipt, asks
+the host to settle, stores the conversation encrypted, and if the host does not
+settle in time, asks for the close on chain itself.
+
+The session key and state are kept (encrypted, under the wallet's storage key) in
+the session metadata, so `resume_session` also works from another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from fabstir.protocol.messages import (
+    Chunk,
+    Close,
+    End,
+    ErrorMessage,
+    Hello,
+    Message,
+    Prompt,
+    ReceiptAck,
+    ReceiptMessage,
+    ReceiptRequest,
+    SessionInit,
+    SessionReady,
+)
+from fabstir.protocol.receipts import ContentHasher, Receipt, ReceiptSigner, same_address
+from fabstir.sdk.errors import SDKError, SDKErrorCode
+from fabstir.sdk.storage import ChatMessage
+from fabstir.sdk.types import SessionConfig, SessionInfo, SessionStatus
+from fabstir.sdk.websocket import WebSocketClient
+
+if TYPE_CHECKING:
+    from fabstir.sdk.sdk import FabstirSDK
+
+log = logging.getLogger("fabstir.sdk.session")
+
+#: Seconds without any frame from the host before a prompt fails.
+FRAME_TIMEOUT = 120.0
+#: Seconds complete_session waits for the host's settlement before closing on chain.
+SETTLE_TIMEOUT = 30.0
+DEFAULT_MAX_TOKENS = 256
+
+TokenCallback = Callable[[str], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class StartedSession:
+    """What start_session returns (the reference's {sessionId, jobId})."""
+
+    session_id: int
+    tx_hash: str
+    host_url: str
+    deposit: str
+
+    @property
+    def job_id(self) -> int:
+        """The job id is the session id."""
+        return self.session_id
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """One streamed piece of an answer; `tokens` is the session's running total."""
+
+    request_id: str
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class CompletionResult:
+    """How a session ended. Amounts are human strings in the session's token.
+
+    `settled_by_host` is False when the host did not settle within the timeout and
+    the SDK requested the close on chain instead (status CLOSING: anyone may
+    finalize after `finalize_after`).
+    """
+
+    session_id: int
+    status: SessionStatus
+    tokens_used: int
+    cost: str
+    refund: str
+    settled_by_host: bool
+    close_tx_hash: str | None
+    conversation_cid: str | None
+    finalize_after: int
+
+
+@dataclass(frozen=True)
+class SessionHistory:
+    """The conversation (as this client saw it) and the chain's view of the session."""
+
+    session_id: int
+    messages: tuple[ChatMessage, ...]
+    info: SessionInfo
+    tokens_received: int
+    last_receipt: Receipt | None
+
+
+@dataclass
+class _Live:
+    """Client-side state of one session."""
+
+    info: SessionInfo
+    key: LocalAccount
+    signer: ReceiptSigner
+    host_url: str
+    hasher: ContentHasher = field(default_factory=ContentHasher)
+    tokens: int = 0
+    last_receipt: Receipt | None = None
+    acked: int = 0
+    messages: list[ChatMessage] = field(default_factory=list)
+    ws: WebSocketClient | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    completed: bool = False
+
+
+class SessionManager:
+    """The reference's SessionManager on the real protocol (see module docstring)."""
+
+    def __init__(self, sdk: FabstirSDK, *, frame_timeout: float = FRAME_TIMEOUT) -> None:
+        self._sdk = sdk
+        self._live: dict[int, _Live] = {}
+        self.frame_timeout = frame_timeout
+
+    # ------------------------------------------------------------------ start
+
+    async def start_session(
+        self,
+        model_id: str,
+        provider: str,
+        config: SessionConfig | Mapping[str, Any] | None = None,
+        host_url: str | None = None,
+        *,
+        payment_token: str = "USDC",
+    ) -> StartedSession:
+        """Escrow the deposit and open a session with host `provider` for `model_id`.
+
+        `config`: deposit_amount ("1.0"), price_per_token, duration (s),
+        proof_interval (tokens). `host_url` defaults to the host's registered API
+        URL. Raises SDKError before any transaction for bad input (see
+        SessionJobManager.create_session_job), and WEBSOCKET_CONNECTION_FAILED /
+        INVALID_PROOF / MODEL_MISMATCH if the host cannot be reached or is not who
+        the chain says it is.
+        """
+        self._sdk.require_signer("start_session")
+        key: LocalAccount = Account.create()
+        jobs = self._sdk.get_session_job_manager()
+        result = await asyncio.to_thread(
+            jobs.create_session_job,
+            provider,
+            payment_token,
+            None,
+            config,
+            model_id=model_id,
+            session_key=key.address,
+        )
+        info = await asyncio.to_thread(jobs.wait_for_session, result.session_id)
+        if host_url is None:
+            host_info = await asyncio.to_thread(
+                self._sdk.get_host_manager().get_host_info, info.host
+            )
+            host_url = host_info.api_url
+        live = _Live(info, key, ReceiptSigner(key.key, self._sdk.receipt_domain()), host_url)
+        self._live[info.session_id] = live
+        await self._save(live)
+        await self._connect(live)
+        return StartedSession(info.session_id, result.tx_hash, host_url, result.deposit)
+
+    # ---------------------------------------------------------------- prompts
+
+    async def send_prompt(
+        self, session_id: int, prompt: str, *, max_tokens: int = DEFAULT_MAX_TOKENS
+    ) -> str:
+        """Send a prompt and return the whole answer."""
+        parts = [c.text async for c in self._stream(session_id, prompt, max_tokens)]
+        return "".join(parts)
+
+    def send_prompt_streaming(
+        self,
+        session_id: int,
+        prompt: str,
+        on_token: TokenCallback | None = None,
+        *,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> PromptStream:
+        """Stream an answer. Iterate it (`async for chunk in ...`) for StreamChunks, or
+        await it (the reference's callback form: `on_token` gets each piece of text)
+        for the whole answer."""
+        return PromptStream(self._stream(session_id, prompt, max_tokens), on_token)
+
+    async def _stream(
+        self, session_id: int, prompt: str, max_tokens: int
+    ) -> AsyncIterator[StreamChunk]:
+        live = self._require_live(session_id)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise SDKError(SDKErrorCode.INVALID_ARGUMENT, "prompt must be a non-empty string")
+        async with live.lock:
+            ws = await self._connected(live)
+            request_id = uuid.uuid4().hex[:16]
+            before = live.hasher.copy()
+            accepted = False
+            live.hasher.update_prompt(prompt)
+            await ws.send(Prompt(id=request_id, text=prompt, max_tokens=max_tokens))
+            answer: list[str] = []
+            try:
+                while True:
+                    msg = await ws.receive(self.frame_timeout)
+                    if isinstance(msg, Chunk) and msg.id == request_id:
+                        accepted = True
+                        self._take_chunk(live, msg)
+                        answer.append(msg.text)
+                        await self._maybe_sign(live, ws, eager=False)
+                        if msg.text:
+                            yield StreamChunk(request_id, msg.text, msg.tokens)
+                    elif isinstance(msg, End) and msg.id == request_id:
+                        accepted = True
+                        self._take_end(live, msg)
+                        await self._maybe_sign(live, ws, eager=True)
+                        break
+                    elif isinstance(msg, ErrorMessage) and msg.id in (None, request_id):
+                        raise msg.to_error()
+                    else:
+                        await self._handle_side_message(live, ws, msg)
+            except BaseException:
+                if not accepted:
+                    live.hasher = before  # the host never took the prompt
+                raise
+            finally:
+                if accepted:
+                    now = time.time()
+                    live.messages.append(ChatMessage("user", prompt, now))
+                    live.messages.append(ChatMessage("assistant", "".join(answer), now))
+                    await self._save(live)
+
+    def _take_chunk(self, live: _Live, msg: Chunk) -> None:
+        if msg.tokens <= live.tokens or msg.tokens > live.info.max_tokens:
+            raise SDKError(
+                SDKErrorCode.PROOF_VERIFICATION_FAILED,
+                f"host reported {msg.tokens} tokens after {live.tokens} "
+                f"(budget {live.info.max_tokens}); refusing to sign",
+            )
+        live.hasher.update_chunk(msg.text)
+        if live.hasher.hexdigest != msg.content_hash:
+            raise SDKError(
+                SDKErrorCode.PROOF_VERIFICATION_FAILED,
+                "host's content hash does not match the transcript received; refusing to sign",
+            )
+        live.tokens = msg.tokens
+
+    def _take_end(self, live: _Live, msg: End) -> None:
+        if msg.tokens != live.tokens or msg.content_hash != live.hasher.hexdigest:
+            raise SDKError(
+                SDKErrorCode.PROOF_VERIFICATION_FAILED,
+                f"host's end state ({msg.tokens} tokens) differs from what was streamed "
+                f"({live.tokens}); refusing to sign",
+            )
+
+    async def _maybe_sign(self, live: _Live, ws: WebSocketClient, *, eager: bool) -> None:
+        """Sign the current state when the host needs it soon (half an interval
+        unsigned) or when an answer ends."""
+        signed = live.last_receipt.tokens_used if live.last_receipt else 0
+        unsigned = live.tokens - signed
+        if unsigned <= 0:
+            return
+        if eager or unsigned * 2 >= live.info.proof_interval:
+            await self._sign_and_send(live, ws)
+
+    async def _sign_and_send(self, live: _Live, ws: WebSocketClient) -> None:
+        receipt = live.signer.sign(live.info.session_id, live.tokens, live.hasher.digest)
+        live.last_receipt = receipt
+        await ws.send(ReceiptMessage.from_receipt(receipt))
+
+    async def _handle_side_message(self, live: _Live, ws: WebSocketClient, msg: Message) -> None:
+        if isinstance(msg, ReceiptAck):
+            live.acked = max(live.acked, msg.tokens)
+        elif isinstance(msg, ReceiptRequest):
+            # The host paused for a receipt. Sign only what this client has seen.
+            if msg.tokens <= live.tokens:
+                await self._sign_and_send(live, ws)
+        elif isinstance(msg, ErrorMessage):
+            raise msg.to_error()
+        else:
+            log.debug("session %s: ignoring %s", live.info.session_id, msg.TYPE)
+
+    # ------------------------------------------------------------ connection
+
+    async def _connect(self, live: _Live) -> None:
+        ws = WebSocketClient(live.host_url, auto_reconnect=False)
+        await ws.connect()
+        try:
+            await self._handshake(live, ws)
+        except BaseException:
+            await ws.close()
+            raise
+        live.ws = ws
+
+    async def _handshake(self, live: _Live, ws: WebSocketClient) -> None:
+        hello = await ws.receive(self.frame_timeout)
+        if isinstance(hello, ErrorMessage):
+            raise hello.to_error()
+        if not isinstance(hello, Hello):
+            raise SDKError(SDKErrorCode.MALFORMED_MESSAGE, f"expected hello, got {hello.TYPE}")
+        info = live.info
+        domain = self._sdk.receipt_domain()
+        if not same_address(hello.host, info.host):
+            raise SDKError(
+                SDKErrorCode.INVALID_PROOF,
+                f"{live.host_url} is host {hello.host}, but session {info.session_id} "
+                f"is with {info.host}",
+            )
+        if hello.chain_id != domain.chain_id or not same_address(
+            hello.marketplace, domain.verifying_contract
+        ):
+            raise SDKError(
+                SDKErrorCode.INVALID_PROOF,
+                f"host serves chain {hello.chain_id} / marketplace {hello.marketplace}, "
+                f"not {domain.chain_id} / {domain.verifying_contract}",
+            )
+        if hello.model_id.lower() != info.model_id.lower():
+            raise SDKError(
+                SDKErrorCode.MODEL_MISMATCH,
+                f"host serves model {hello.model_id}, session is for {info.model_id}",
+            )
+        history = tuple(m.content for m in live.messages) if live.messages else None
+        await ws.send(
+            SessionInit(
+                session_id=info.session_id,
+                signature=live.signer.sign_session_init(info.session_id, hello.nonce),
+                history=history,
+            )
+        )
+        while True:
+            msg = await ws.receive(self.frame_timeout)
+            if isinstance(msg, SessionReady):
+                break
+            if isinstance(msg, ErrorMessage):
+                raise msg.to_error()
+        self._sync_to(live, msg)
+        if live.last_receipt and live.last_receipt.tokens_used > msg.tokens_used:
+            # Hand over a receipt the host may not have stored before we lost it.
+            await ws.send(ReceiptMessage.from_receipt(live.last_receipt))
+        live.ready.set()
+
+    def _sync_to(self, live: _Live, ready: SessionReady) -> None:
+        """Continue from the host's newest acknowledged receipt (both sides do)."""
+        last = live.last_receipt
+        if last and last.tokens_used >= ready.tokens_used and last.tokens_used > 0:
+            if last.tokens_used == ready.tokens_used and last.content_hash != ready.content_hash:
+                raise SDKError(
+                    SDKErrorCode.PROOF_VERIFICATION_FAILED,
+                    "host's acknowledged transcript hash differs from this client's receipt",
+                )
+            live.tokens, live.hasher = last.tokens_used, ContentHasher(last.content_hash)
+        else:
+            live.tokens, live.hasher = ready.tokens_used, ContentHasher(ready.content_hash)
+        live.acked = ready.tokens_used
+
+    async def _connected(self, live: _Live) -> WebSocketClient:
+        if live.completed:
+            raise SDKError(
+                SDKErrorCode.INVALID_SESSION_STATE, f"session {live.info.session_id} is completed"
+            )
+        if live.ws is None or not live.ws.connected:
+            raise SDKError(
+                SDKErrorCode.INVALID_SESSION_STATE,
+                f"session {live.info.session_id} is paused or disconnected; call resume_session",
+            )
+        return live.ws
+
+    # ------------------------------------------------------- pause / resume
+
+    async def pause_session(self, session_id: int) -> None:
+        """Stop prompting and disconnect; the escrow stays and the host keeps the
+        conversation. Resume with resume_session (also from another process)."""
+        live = self._require_live(session_id)
+        async with live.lock:
+            await self._hand_over_receipt(live)
+            if live.ws is not None:
+                await live.ws.close()
+                live.ws = None
+            await self._save(live)
+
+    async def resume_session(self, session_id: int) -> None:
+        """Reconnect to the host and go on with the conversation's context (the host
+        restores it, or gets it from this client if it lost it)."""
+        live = self._live.get(session_id) or await self._load(session_id)
+        info = await asyncio.to_thread(self._sdk.get_session_job_manager().get_session, session_id)
+        if info.status != SessionStatus.ACTIVE:
+            raise SDKError(
+                SDKErrorCode.INVALID_SESSION_STATE,
+                f"session {session_id} is {info.status.name.lower()}; it cannot be resumed",
+            )
+        live.info = info
+        async with live.lock:
+            if live.ws is not None:
+                await live.ws.close()
+                live.ws = None
+            await self._connect(live)
+
+    async def _hand_over_receipt(self, live: _Live) -> None:
+        """Make sure the host has the newest receipt (best effort, brief)."""
+        ws, last = live.ws, live.last_receipt
+        if ws is None or not ws.connected or last is None or live.acked >= last.tokens_used:
+            return
+        with contextlib.suppress(SDKError):
+            await ws.send(ReceiptMessage.from_receipt(last))
+            deadline = time.monotonic() + 5.0
+            while live.acked < last.tokens_used and time.monotonic() < deadline:
+                msg = await ws.receive(max(0.01, deadline - time.monotonic()))
+                if isinstance(msg, ReceiptAck):
+                    live.acked = max(live.acked, msg.tokens)
+
+    # ------------------------------------------------------------- complete
+
+    async def complete_session(
+        self, session_id: int, *, settle_timeout: float = SETTLE_TIMEOUT
+    ) -> CompletionResult:
+        """End the session: newest receipt to the host, `close`, conversation stored
+        encrypted, then wait for the host's settlement; if it does not come within
+        `settle_timeout`, request the close on chain with the newest receipt."""
+        live = self._live.get(session_id) or await self._load(session_id)
+        jobs = self._sdk.get_session_job_manager()
+        async with live.lock:
+            await self._hand_over_receipt(live)
+            if live.ws is not None and live.ws.connected:
+                with contextlib.suppress(SDKError):
+                    await live.ws.send(Close(session_id=session_id))
+            if live.ws is not None:
+                await live.ws.close()
+                live.ws = None
+            live.completed = True
+            await self._save(live)
+            cid = None
+            if live.messages:
+                cid = await self._sdk.get_storage_manager().store_conversation(
+                    session_id, live.messages
+                )
+        info = await self._wait_settled(session_id, settle_timeout)
+        close_tx = None
+        if info.status == SessionStatus.ACTIVE:
+            close_tx = await asyncio.to_thread(jobs.request_close, session_id, live.last_receipt)
+            info = await asyncio.to_thread(jobs.get_session, session_id)
+        token = self._sdk.get_token(info.token)
+        cost = info.tokens_used * info.price_per_token
+        refund = info.deposit_raw - cost
+        return CompletionResult(
+            session_id=session_id,
+            status=info.status,
+            tokens_used=info.tokens_used,
+            cost=token.format(cost),
+            refund=token.format(refund),
+            settled_by_host=close_tx is None and info.status == SessionStatus.SETTLED,
+            close_tx_hash=close_tx,
+            conversation_cid=cid,
+            finalize_after=info.finalize_after,
+        )
+
+    async def _wait_settled(self, session_id: int, timeout: float) -> SessionInfo:
+        jobs = self._sdk.get_session_job_manager()
+        deadline = time.monotonic() + timeout
+        while True:
+            info = await asyncio.to_thread(jobs.get_session, session_id)
+            if info.status != SessionStatus.ACTIVE or time.monotonic() >= deadline:
+                return info
+            await asyncio.sleep(0.25)
+
+    async def submit_checkpoint(self, session_id: int) -> str:
+        """Put the newest signed receipt on chain now (anyone may; normally the host
+        does). Returns the tx hash."""
+        live = self._require_live(session_id)
+        if live.last_receipt is None:
+            raise SDKError(
+                SDKErrorCode.INVALID_SESSION_STATE, f"session {session_id} has no receipt yet"
+            )
+        jobs = self._sdk.get_session_job_manager()
+        return await asyncio.to_thread(jobs.submit_receipt, live.last_receipt)
+
+    # -------------------------------------------------------------- history
+
+    async def get_session_history(self, session_id: int) -> SessionHistory:
+        """The conversation and the chain's record of the session."""
+        live = self._live.get(session_id) or await self._load(session_id)
+        info = await asyncio.to_thread(self._sdk.get_session_job_manager().get_session, session_id)
+        return SessionHistory(
+            session_id, tuple(live.messages), info, live.tokens, live.last_receipt
+        )
+
+    def latest_receipt(self, session_id: int) -> Receipt | None:
+        """The newest receipt this client signed for the session."""
+        return self._require_live(session_id).last_receipt
+
+    async def close_all(self) -> None:
+        """Disconnect every live session (no settlement)."""
+        for live in self._live.values():
+            if live.ws is not None:
+                await live.ws.close()
+                live.ws = None
+
+    # ---------------------------------------------------------- persistence
+
+    def _require_live(self, session_id: int) -> _Live:
+        live = self._live.get(session_id)
+        if live is None:
+            raise SDKError(
+                SDKErrorCode.SESSION_NOT_FOUND,
+                f"session {session_id} was not started or resumed by this SessionManager",
+            )
+        return live
+
+    async def _save(self, live: _Live) -> None:
+        last = live.last_receipt
+        record = {
+            "session_key": live.key.key.hex(),
+            "host_url": live.host_url,
+            "tokens": live.tokens,
+            "content_hash": live.hasher.hexdigest,
+            "last_receipt": last.to_dict() if last else None,
+            "messages": [m.to_dict() for m in live.messages],
+            "completed": live.completed,
+        }
+        await self._sdk.get_storage_manager().store_session_metadata(
+            live.info.session_id, {"client_state": record}
+        )
+
+    async def _load(self, session_id: int) -> _Live:
+        storage = self._sdk.get_storage_manager()
+        try:
+            meta = await storage.retrieve_session_metadata(session_id)
+            state = meta["client_state"]
+        except (SDKError, KeyError, TypeError) as exc:
+            raise SDKError(
+                SDKErrorCode.SESSION_NOT_FOUND,
+                f"no stored client state for session {session_id} in this wallet's storage",
+            ) from exc
+        info = await asyncio.to_thread(self._sdk.get_session_job_manager().get_session, session_id)
+        key: LocalAccount = Account.from_key(state["session_key"])
+        last = state.get("last_receipt")
+        live = _Live(
+            info,
+            key,
+            ReceiptSigner(key.key, self._sdk.receipt_domain()),
+            state["host_url"],
+            hasher=ContentHasher(state["content_hash"]),
+            tokens=int(state["tokens"]),
+            last_receipt=Receipt(**last) if last else None,
+            messages=[ChatMessage.from_value(m) for m in state.get("messages", [])],
+            completed=bool(state.get("completed")),
+        )
+        self._live[session_id] = live
+        return live
+
+
+class PromptStream:
+    """An answer in flight: `async for chunk in stream` or `await stream`."""
+
+    def __init__(self, chunks: AsyncIterator[StreamChunk], on_token: TokenCallback | None) -> None:
+        self._chunks = chunks
+        self._on_token = on_token
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[StreamChunk]:
+        async for chunk in self._chunks:
+            if self._on_token is not None:
+                result = self._on_token(chunk.text)
+                if asyncio.iscoroutine(result):
+                    await result
+            yield chunk
+
+    async def _collect(self) -> str:
+        return "".join([chunk.text async for chunk in self._iterate()])
+
+    def __await__(self) -> Generator[Any, None, str]:
+        return self._collect().__await__()

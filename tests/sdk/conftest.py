@@ -1,0 +1,155 @@
+"""Fixtures for the SDK's chain managers: a fresh real deployment (deploy_system) on
+ape's anvil, set up once per test session, and a factory of FabstirSDK instances
+that talk to that anvil over plain JSON-RPC, as a user's SDK would.
+
+Actors (ape's funded test accounts):
+    deployer  accounts[0]  admin everywhere, holds all FAB
+    curator   accounts[1]  ModelRegistry curator
+    treasurer accounts[2]  Treasury.TREASURER_ROLE
+    host1     accounts[3]  serves MODEL_A (USDC min 200, ETH min 1 gwei)
+    host2     accounts[4]  serves MODEL_A and MODEL_B (USDC min 100)
+    host3     accounts[5]  serves MODEL_A (USDC min 100), one settled session of reputation
+    alice     accounts[6]  client with 100 USDC (no allowance)
+    bob       accounts[7]  client with no USDC
+    newhost   accounts[8]  50_000 FAB, not registered (registers through the SDK)
+    outsider  accounts[9]  nothing
+
+Ape snapshots the chain around every test, so each test starts from this state;
+SDK instances are per test (their nonce caches must not outlive a revert).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from ape_ethereum.trace import Trace
+from eth_utils.crypto import keccak
+from fabstir.chain.params import DeployParams
+from fabstir.chain.system import ETH, Roles, deploy_system
+from fabstir.protocol.receipts import Eip712Domain, sign_receipt
+from fabstir.sdk.sdk import FabstirSDK
+
+USDC = 10**6
+FAB = 10**18
+MIN_STAKE = 1000 * FAB
+SETTLEMENT_WINDOW = 3600
+UNBONDING = 7 * 24 * 3600
+
+REPO_A, FILE_A = "CohereForAI/TinyVicuna-1B-32k-GGUF", "tiny-vicuna-1b.q4_k_m.gguf"
+MODEL_A = "0x0b75a2061e70e736924a30c0a327db7ab719402129f76f631adbd7b7a5a5bced"
+REPO_B, FILE_B = "TheBloke/Llama-2-7B-Chat-GGUF", "llama-2-7b-chat.Q4_K_M.gguf"
+REPO_P, FILE_P = "pending/Model-GGUF", "pending.gguf"
+#: The bytes whose sha256 MODEL_B is registered with (for file-hash checks).
+MODEL_B_CONTENT = b"pretend this is a gguf file\n" * 100
+MODEL_A_SHA = bytes.fromhex("aa" * 32)
+
+
+def model_id(repo: str, file: str) -> str:
+    return "0x" + keccak(text=f"{repo}/{file}").hex()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_revert_traces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ape-foundry prints a call trace for reverted ape transactions; not wanted here."""
+    monkeypatch.setattr(Trace, "show", lambda self, *args, **kwargs: None)
+
+
+@pytest.fixture(scope="session")
+def env(project: Any, accounts: Any, chain: Any) -> SimpleNamespace:
+    deployer, curator, treasurer, host1, host2, host3, alice, bob, newhost, outsider = accounts[:10]
+    params = DeployParams(
+        fee_bps=1000,
+        settlement_window=SETTLEMENT_WINDOW,
+        min_stake=MIN_STAKE,
+        unbonding_period=UNBONDING,
+        eth_min_deposit=5 * 10**14,
+        usdc_min_deposit=1 * USDC,
+    )
+    roles = Roles(curator=curator, slasher=curator, treasurer=treasurer, slash_recipient=deployer)
+    s = deploy_system(project, deployer, params, roles)
+
+    models = s.model_registry
+    models.addModel(REPO_A, FILE_A, MODEL_A_SHA, 1234, '{"name":"TinyVicuna"}', sender=curator)
+    models.approveModel(MODEL_A, sender=curator)
+    sha_b = hashlib.sha256(MODEL_B_CONTENT).digest()
+    models.addModel(REPO_B, FILE_B, sha_b, len(MODEL_B_CONTENT), "{}", sender=curator)
+    models.approveModel(model_id(REPO_B, FILE_B), sender=curator)
+    models.addModel(REPO_P, FILE_P, MODEL_A_SHA, 1, "not json", sender=curator)  # stays pending
+
+    def register(h: Any, served: list[str], usdc_price: int) -> None:
+        s.fab.transfer(h, MIN_STAKE, sender=deployer)
+        s.fab.approve(s.node_registry, MIN_STAKE, sender=h)
+        meta = '{"hardware":{"gpu":"H100","vram":80,"ram":256},"location":"eu","costPerToken":%d}'
+        s.node_registry.register(
+            MIN_STAKE,
+            f"ws://{h.address.lower()[:10]}.example:8080",
+            meta % usdc_price,
+            served,
+            [s.usdc.address, ETH],
+            [usdc_price, 10**9],
+            sender=h,
+        )
+
+    register(host1, [MODEL_A], 200)
+    register(host2, [MODEL_A, model_id(REPO_B, FILE_B)], 100)
+    register(host3, [MODEL_A], 100)
+    s.fab.transfer(newhost, 50 * MIN_STAKE, sender=deployer)
+
+    for who, amount in ((alice, 100 * USDC), (deployer, 100 * USDC)):
+        s.usdc.mint(who, amount, sender=deployer)
+
+    # host3 earns reputation: one settled session opened by the deployer.
+    s.usdc.approve(s.marketplace, 2**256 - 1, sender=deployer)
+    s.marketplace.createSessionFromWallet(
+        host3, MODEL_A, s.usdc, USDC, 100, 3600, 100, ETH, sender=deployer
+    )
+    domain = Eip712Domain(chain.chain_id, s.marketplace.address)
+    r = sign_receipt(deployer.private_key, domain, 1, 500, bytes(32))
+    s.marketplace.settleWithReceipt(1, 500, bytes(32), r.signature_bytes, sender=host3)
+
+    return SimpleNamespace(
+        system=s,
+        addresses=s.addresses(),
+        rpc_url=chain.provider.uri,
+        chain_id=chain.chain_id,
+        domain=domain,
+        deployer=deployer,
+        curator=curator,
+        treasurer=treasurer,
+        host1=host1,
+        host2=host2,
+        host3=host3,
+        alice=alice,
+        bob=bob,
+        newhost=newhost,
+        outsider=outsider,
+        model_a=MODEL_A,
+        model_b=model_id(REPO_B, FILE_B),
+        model_pending=model_id(REPO_P, FILE_P),
+    )
+
+
+@pytest.fixture
+def make_sdk(env: SimpleNamespace) -> Callable[..., FabstirSDK]:
+    """`make_sdk(account=None, **config)`: an SDK on the test chain, authenticated
+    as `account` (an ape test account) when given."""
+
+    def _make(account: Any = None, **overrides: Any) -> FabstirSDK:
+        config: dict[str, Any] = {
+            "rpc_url": env.rpc_url,
+            "chain_id": env.chain_id,
+            "contract_addresses": env.addresses,
+            "use_deployment_file": False,
+            "rpc_retries": 2,
+        }
+        config.update(overrides)
+        sdk = FabstirSDK(**config)
+        if account is not None:
+            sdk.authenticate(account.private_key)
+        return sdk
+
+    return _make
