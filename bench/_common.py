@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -24,13 +25,11 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     gpu = ""
-    try:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
         gpu = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
             capture_output=True, text=True, timeout=10, check=False,
         ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        pass
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -52,7 +51,12 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for n, row in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -73,7 +73,15 @@ class Bench:
         stake = DeployParams().min_stake
         s.fab.transfer(self.host, stake, sender=d)
         s.fab.approve(s.node_registry, stake, sender=self.host)
-        s.node_registry.register(stake, "ws://127.0.0.1:8080", "{}", [self.model], [s.usdc.address], [PRICE], sender=self.host)
+        s.node_registry.register(
+            stake,
+            "ws://127.0.0.1:8080",
+            "{}",
+            [self.model],
+            [s.usdc.address],
+            [PRICE],
+            sender=self.host,
+        )
         for c in self.clients:
             s.usdc.mint(c, 10**12, sender=d)
         self.key = Account.create()
@@ -90,19 +98,38 @@ class Bench:
         run.add("USDC approve", s.usdc.approve(mp, DEPOSIT, sender=client))
         run.add(
             "createSessionFromWallet",
-            mp.createSessionFromWallet(self.host, self.model, s.usdc, DEPOSIT, PRICE, DURATION, PROOF_INTERVAL, self.key.address, sender=client),
+            mp.createSessionFromWallet(
+                self.host,
+                self.model,
+                s.usdc,
+                DEPOSIT,
+                PRICE,
+                DURATION,
+                PROOF_INTERVAL,
+                self.key.address,
+                sender=client,
+            ),
         )
         sid = int(mp.sessionCount())
         plain = receipts - 1 if fold_last else receipts
         for i in range(1, plain + 1):
-            run.add(f"submitCheckpoint #{i}", mp.submitCheckpoint(sid, *self._sig(sid, 100 * i), sender=self.host))
+            run.add(
+                f"submitCheckpoint #{i}",
+                mp.submitCheckpoint(sid, *self._sig(sid, 100 * i), sender=self.host),
+            )
         if fold_last:
-            run.add(f"settleWithReceipt (#{receipts})", mp.settleWithReceipt(sid, *self._sig(sid, 100 * receipts), sender=self.host))
+            run.add(
+                f"settleWithReceipt (#{receipts})",
+                mp.settleWithReceipt(sid, *self._sig(sid, 100 * receipts), sender=self.host),
+            )
         else:
             run.add("settle", mp.settle(sid, sender=self.host))
         run.add("HostEarnings.withdraw", s.host_earnings.withdraw(s.usdc, sender=self.host))
         fees = s.treasury.balanceOf(s.usdc)
-        run.add("Treasury.withdraw", s.treasury.withdraw(s.usdc, self.treasurer, fees, sender=self.treasurer))
+        run.add(
+            "Treasury.withdraw",
+            s.treasury.withdraw(s.usdc, self.treasurer, fees, sender=self.treasurer),
+        )
         return run
 
     def batch(self, n: int) -> tuple[Run, int]:
@@ -112,7 +139,17 @@ class Bench:
         for i in range(n):
             client = self.clients[i % len(self.clients)]
             s.usdc.approve(mp, DEPOSIT, sender=client)
-            mp.createSessionFromWallet(self.host, self.model, s.usdc, DEPOSIT, PRICE, DURATION, PROOF_INTERVAL, self.key.address, sender=client)
+            mp.createSessionFromWallet(
+                self.host,
+                self.model,
+                s.usdc,
+                DEPOSIT,
+                PRICE,
+                DURATION,
+                PROOF_INTERVAL,
+                self.key.address,
+                sender=client,
+            )
             ids.append(int(mp.sessionCount()))
         items = [(sid, *self._sig(sid, 150)) for sid in ids]
         receipt = mp.settleBatch(items, sender=self.host)
@@ -136,17 +173,52 @@ def main() -> None:
 
     for run in runs:
         print(f"\n{run.label}")
-        print(table(["transaction", "gas"], [[k, f"{v:,}"] for k, v in run.rows] + [["TOTAL", f"{run.total:,}"]]))
+        print(
+            table(
+                ["transaction", "gas"],
+                [[k, f"{v:,}"] for k, v in run.rows] + [["TOTAL", f"{run.total:,}"]],
+            )
+        )
     warm = runs[1]
     checkpoints = [g for k, g in warm.rows if k.startswith("submitCheckpoint")]
     create = next(g for k, g in warm.rows if k.startswith("create"))
     checks = [
-        ["3-receipt lifecycle, warm", f"{warm.total:,}", f"<= {TARGETS['lifecycle_3']:,}", warm.total <= TARGETS["lifecycle_3"]],
-        ["3-receipt lifecycle, cold", f"{runs[0].total:,}", f"<= {TARGETS['lifecycle_3']:,}", runs[0].total <= TARGETS["lifecycle_3"]],
-        ["3-receipt lifecycle, folded", f"{runs[2].total:,}", f"<= {TARGETS['lifecycle_3']:,}", runs[2].total <= TARGETS["lifecycle_3"]],
-        ["max submitCheckpoint", f"{max(checkpoints):,}", f"<= {TARGETS['submitCheckpoint']:,}", max(checkpoints) <= TARGETS["submitCheckpoint"]],
-        ["createSessionFromWallet, warm", f"{create:,}", f"<= {TARGETS['createSession']:,}", create <= TARGETS["createSession"]],
-        ["settleBatch per session", f"{per_session:,}", f"<= {TARGETS['batch_per_session']:,}", per_session <= TARGETS["batch_per_session"]],
+        [
+            "3-receipt lifecycle, warm",
+            f"{warm.total:,}",
+            f"<= {TARGETS['lifecycle_3']:,}",
+            warm.total <= TARGETS["lifecycle_3"],
+        ],
+        [
+            "3-receipt lifecycle, cold",
+            f"{runs[0].total:,}",
+            f"<= {TARGETS['lifecycle_3']:,}",
+            runs[0].total <= TARGETS["lifecycle_3"],
+        ],
+        [
+            "3-receipt lifecycle, folded",
+            f"{runs[2].total:,}",
+            f"<= {TARGETS['lifecycle_3']:,}",
+            runs[2].total <= TARGETS["lifecycle_3"],
+        ],
+        [
+            "max submitCheckpoint",
+            f"{max(checkpoints):,}",
+            f"<= {TARGETS['submitCheckpoint']:,}",
+            max(checkpoints) <= TARGETS["submitCheckpoint"],
+        ],
+        [
+            "createSessionFromWallet, warm",
+            f"{create:,}",
+            f"<= {TARGETS['createSession']:,}",
+            create <= TARGETS["createSession"],
+        ],
+        [
+            "settleBatch per session",
+            f"{per_session:,}",
+            f"<= {TARGETS['batch_per_session']:,}",
+            per_session <= TARGETS["batch_per_session"],
+        ],
     ]
     print("\nTargets (original system: 1,881,797 for the 3-proof lifecycle)")
     print(table(["measure", "gas", "target", "met"], checks))
@@ -155,9 +227,13 @@ def main() -> None:
         {
             "machine": machine(),
             "note": "gas is deterministic for the stated state; anvil 1.7.1, solc 0.8.28 cancun, optimizer 10000 runs",
-            "runs": [{"label": r.label, "transactions": dict(r.rows), "total": r.total} for r in runs],
+            "runs": [
+                {"label": r.label, "transactions": dict(r.rows), "total": r.total} for r in runs
+            ],
             "batch_per_session": per_session,
-            "targets": [dict(zip(["measure", "gas", "target", "met"], c, strict=True)) for c in checks],
+            "targets": [
+                dict(zip(["measure", "gas", "target", "met"], c, strict=True)) for c in checks
+            ],
         },
     )
     print(f"\nsaved {path.relative_to(ROOT)}")

@@ -15,6 +15,7 @@ from typing import Any
 import click
 from ape import project
 from ape.cli import ConnectedProviderCommand, network_option
+
 from fabstir.chain.deploy import (
     CostEstimate,
     DeployError,

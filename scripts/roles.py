@@ -18,6 +18,7 @@ from typing import Any
 import click
 from ape import project
 from ape.cli import ConnectedProviderCommand, network_option
+
 from fabstir.chain.deploy import (
     DeployError,
     enable_autosign,

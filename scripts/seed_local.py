@@ -14,6 +14,7 @@ from typing import Any
 import click
 from ape import accounts, project
 from ape.cli import ConnectedProviderCommand, network_option
+
 from fabstir.chain.deployments import DeploymentError, load_deployment
 from fabstir.chain.seed import NotLocalChain, ensure_local, seed_local
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fabstir.chain.deploy import DeployResult, deploy
 from fabstir.chain.params import ParamsFile, load_params_file
 

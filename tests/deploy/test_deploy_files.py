@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from fabstir.chain.deployments import (
     ContractRecord,
     Deployment,

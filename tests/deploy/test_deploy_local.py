@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fabstir.chain import system as system_mod
 from fabstir.chain.deploy import (
     DeployError,

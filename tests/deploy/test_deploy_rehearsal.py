@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import requests
+
 from fabstir.chain.deployments import CONTRACT_NAMES, DEFAULT_DIR, load_deployment
 from fabstir.chain.params import load_params_file
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fabstir.chain.deploy import deploy, expected_wiring
 from fabstir.chain.params import ParamsFile
 from fabstir.chain.roles import RoleRotationError, apply_grants, finish_rotation, role_changes

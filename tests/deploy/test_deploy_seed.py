@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from fabstir.chain.seed import FAB_TARGET, USDC_TARGET, NotLocalChain, ensure_local, seed_local
 from fabstir.chain.system import attach_system
 from fabstir.models import load_catalogue

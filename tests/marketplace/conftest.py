@@ -10,8 +10,6 @@ import pytest
 from ape_ethereum.trace import Trace
 from eth_account import Account
 from eth_utils import keccak
-from fabstir.chain.params import DeployParams
-from fabstir.chain.system import ETH, Roles, deploy_system
 from marketplace_helpers import (
     ETH_MIN_DEPOSIT,
     FEE_BPS,
@@ -29,6 +27,9 @@ from marketplace_helpers import (
     USDC_UNIT,
     Env,
 )
+
+from fabstir.chain.params import DeployParams
+from fabstir.chain.system import ETH, Roles, deploy_system
 
 
 @pytest.fixture(scope="session")

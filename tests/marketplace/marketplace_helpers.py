@@ -19,6 +19,7 @@ import ape
 from ape.exceptions import CustomError
 from eth_abi import decode, encode
 from eth_utils import is_address, keccak, to_checksum_address
+
 from fabstir.chain.system import ETH
 from fabstir.protocol.receipts import Eip712Domain, sign_receipt
 

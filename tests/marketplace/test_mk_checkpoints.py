@@ -4,13 +4,6 @@ from __future__ import annotations
 
 import pytest
 from eth_keys import keys
-from fabstir.protocol.receipts import (
-    CHECKPOINT_TYPEHASH,
-    EIP712_DOMAIN_TYPEHASH,
-    SECP256K1_N,
-    Eip712Domain,
-    receipt_digest,
-)
 from marketplace_helpers import (
     DEPOSIT,
     DURATION,
@@ -26,6 +19,14 @@ from marketplace_helpers import (
     open_usdc,
     reverts,
     sign,
+)
+
+from fabstir.protocol.receipts import (
+    CHECKPOINT_TYPEHASH,
+    EIP712_DOMAIN_TYPEHASH,
+    SECP256K1_N,
+    Eip712Domain,
+    receipt_digest,
 )
 
 

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from fabstir.protocol.messages import (
     MAX_FRAME_BYTES,
     MAX_SAFE_INTEGER,
@@ -35,8 +38,6 @@ from fabstir.protocol.messages import (
 )
 from fabstir.protocol.receipts import Eip712Domain, recover_receipt_signer, sign_receipt
 from fabstir.sdk.errors import ERROR_CODE_DESCRIPTIONS, SDKError, SDKErrorCode
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 H32 = "0x" + "ab" * 32
 SIG = "0x" + "cd" * 65

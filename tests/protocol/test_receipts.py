@@ -14,6 +14,9 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_keys.datatypes import PrivateKey, Signature
 from eth_utils.crypto import keccak
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fabstir.protocol.receipts import (
     CHUNK_TAG,
     GENESIS_HASH,
@@ -36,8 +39,6 @@ from fabstir.protocol.receipts import (
     sign_session_init,
 )
 from fabstir.sdk.errors import SDKError, SDKErrorCode
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS_PATH = ROOT / "tests" / "vectors" / "receipts.json"

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from ape_ethereum.trace import Trace
 from eth_utils.crypto import keccak
+
 from fabstir.chain.params import DeployParams
 from fabstir.chain.system import ETH, Roles, deploy_system
 from fabstir.protocol.receipts import Eip712Domain, sign_receipt

@@ -6,11 +6,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from fabstir.sdk import constants
 from fabstir.sdk.amounts import MAX_UINT256, format_amount, parse_amount
 from fabstir.sdk.errors import SDKError, SDKErrorCode
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(

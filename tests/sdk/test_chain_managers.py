@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from eth_account import Account
+
 from fabstir.chain.deployments import ContractRecord, Deployment, write_deployment
 from fabstir.protocol.receipts import sign_receipt
 from fabstir.sdk.errors import SDKError, SDKErrorCode

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from fabstir.chain.deployments import ContractRecord, Deployment, write_deployment
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sdk.md"

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from eth_account import Account
+
 from fabstir.chain.client import ChainError
 from fabstir.chain.deployments import ContractRecord, Deployment, write_deployment
 from fabstir.sdk._base import chain_error_to_sdk, check_address

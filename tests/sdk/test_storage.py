@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from multiformats import CID, multihash
+
 from fabstir.protocol.receipts import SECP256K1_N
 from fabstir.sdk.errors import SDKError, SDKErrorCode
 from fabstir.sdk.storage import (
@@ -41,7 +43,6 @@ from fabstir.sdk.storage import (
     open_store,
     verify_cid,
 )
-from multiformats import CID, multihash
 
 T = TypeVar("T")
 KEY_A = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"

@@ -155,3 +155,15 @@ class LocalChain:
             os.kill(info.pid, signal.SIGKILL)
         self.info_file.unlink(missing_ok=True)
         return True
+
+
+def test_private_key(index: int) -> str:
+    """Private key of anvil's standard test account `index` (local chains only:
+    these keys are public knowledge)."""
+    from eth_account import Account
+
+    if not 0 <= index < 1000:
+        raise ValueError(f"test account index must be 0..999, got {index}")
+    Account.enable_unaudited_hdwallet_features()
+    acct = Account.from_mnemonic(TEST_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    return "0x" + bytes(acct.key).hex()

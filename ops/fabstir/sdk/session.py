@@ -506,6 +506,10 @@ class SessionManager:
             session_id, tuple(live.messages), info, live.tokens, live.last_receipt
         )
 
+    def tokens_received(self, session_id: int) -> int:
+        """Tokens this client has received (and checked) in the session so far."""
+        return self._require_live(session_id).tokens
+
     def latest_receipt(self, session_id: int) -> Receipt | None:
         """The newest receipt this client signed for the session."""
         return self._require_live(session_id).last_receipt
