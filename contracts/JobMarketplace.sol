@@ -149,6 +149,7 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
     error DepositTooLarge(uint256 deposit);
     error DepositBelowMinimum(uint256 deposit, uint256 minDeposit);
     error SelfSession();
+    error SessionKeyIsHost();
     error HostNotActive(address host);
     error ModelNotApproved(bytes32 modelId);
     error HostDoesNotServeModel(address host, bytes32 modelId);
@@ -564,6 +565,8 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         (escrow, tokenIndex) = _escrowFor(token, deposit, pricePerToken, duration, proofInterval);
         uint32 modelIndex = _checkHost(host, modelId, token, pricePerToken);
         if (sessionKey == address(0)) sessionKey = msg.sender;
+        // A host holding the session key could sign its own receipts.
+        if (sessionKey == host) revert SessionKeyIsHost();
         uint256 endsAt = block.timestamp + duration;
         unchecked {
             sessionId = ++_sessionCount;

@@ -28,6 +28,7 @@ contract Treasury is ITreasury, AccessControl, ReentrancyGuardTransient {
     error ZeroAmount();
     error ZeroAddress();
     error AmountTooLarge();
+    error InvalidRecipient(address to);
 
     event FeesCredited(address indexed token, uint256 amount);
     event FeesWithdrawn(address indexed token, address indexed to, uint256 amount, address indexed by);
@@ -54,6 +55,8 @@ contract Treasury is ITreasury, AccessControl, ReentrancyGuardTransient {
     /// @notice Pay `amount` of accumulated `token` fees to `to`.
     function withdraw(address token, address to, uint256 amount) external onlyRole(TREASURER_ROLE) nonReentrant {
         if (to == address(0)) revert ZeroAddress();
+        // Paid into the vault, the tokens would belong to nobody in its books.
+        if (to == marketplace) revert InvalidRecipient(to);
         if (amount == 0) revert ZeroAmount();
         Account storage a = _accounts[token];
         uint256 available = a.balance;

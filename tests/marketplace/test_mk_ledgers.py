@@ -122,6 +122,9 @@ def test_treasury_withdraw_checks(env, session_key):
             t.withdraw(usdc, caller, 1, sender=caller)
     with reverts(t.ZeroAddress):
         t.withdraw(usdc, ZERO, 1, sender=env.treasurer)
+    # Fees paid into the vault itself would be owned by nobody in its books.
+    with reverts(t.InvalidRecipient, to=env.mk.address):
+        t.withdraw(usdc, env.mk, 1, sender=env.treasurer)
     with reverts(t.ZeroAmount):
         t.withdraw(usdc, env.treasurer, 0, sender=env.treasurer)
     with reverts(t.InsufficientFees, requested=fee + 1, available=fee):

@@ -287,6 +287,8 @@ CASES = [
         {"deposit": 999_900, "minDeposit": USDC_MIN_DEPOSIT},
     ),
     ("self-session", None, {"sender": "host"}, "SelfSession", {}),
+    # the host must never hold the key that signs its receipts
+    ("session-key-is-host", None, {"key": "host"}, "SessionKeyIsHost", {}),
     ("host-unregistered", None, {"host": "mallory"}, "HostNotActive", {"host": "mallory"}),
     ("host-unbonding", _unregister, {}, "HostNotActive", {"host": "host"}),
     ("host-slashed-below-min", _slash, {}, "HostNotActive", {"host": "host"}),
