@@ -2,7 +2,11 @@
 SHELL := /bin/bash
 ENV := . tools/env.sh &&
 
-.PHONY: setup test test-contracts test-python invariants fuzz bench lint demo clean
+.PHONY: setup demo test invariants fuzz bench bench-host bench-demo lint clean
+
+## demo: set up, then one full paid session on an embedded local chain with the bundled model
+demo: setup
+	@$(ENV) fabstir demo
 
 setup:
 	@tools/setup.sh
@@ -20,6 +24,12 @@ fuzz: setup
 
 bench: setup
 	@$(ENV) python bench/gas.py
+
+bench-host: setup
+	@$(ENV) python bench/host.py
+
+bench-demo: setup
+	@$(ENV) python bench/demo.py
 
 lint: setup
 	@$(ENV) ruff check ops tests scripts bench && ruff format --check ops tests scripts bench && mypy

@@ -156,6 +156,10 @@ def _deploy_and_seed(rpc_url: str, out_dir: Path) -> int:
     os.chdir(models.REPO_ROOT)
     try:
         from ape import accounts, networks, project
+        from ape.logging import LogLevel, logger
+
+        # ape reports every transaction on stdout; the demo has its own progress.
+        logger.set_level(LogLevel.ERROR)
 
         from fabstir.chain.deploy import deploy
         from fabstir.chain.deployments import load_deployment
@@ -206,6 +210,7 @@ async def run_demo(options: DemoOptions, ui: DemoUI | None = None) -> DemoReport
         with phase("chain", "starting a local chain (anvil)"):
             info = chain.up(persist=False)
             report.rpc_url = info.rpc_url
+            ui.info(f"  anvil pid {info.pid} at {info.rpc_url} (chain id {info.chain_id})")
 
         with phase("deploy", "deploying, wiring and seeding the contracts"):
             report.chain_id = await asyncio.to_thread(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import Iterator
 
@@ -75,7 +76,7 @@ def print_report(report: DemoReport, console: Console) -> None:
 
     txs = Table(title="Transactions")
     txs.add_column("step")
-    txs.add_column("tx hash")
+    txs.add_column("tx hash", overflow="fold")
     txs.add_column("gas", justify="right")
     for tx in report.transactions:
         txs.add_row(tx.step, tx.tx_hash, f"{tx.gas_used:,}")
@@ -124,6 +125,9 @@ def demo(
     Example:
       fabstir demo --prompt "Write a haiku about GPUs."
     """
+    # The demo's host SDK and host worker sign with one key from two nonce sequences;
+    # the resync that follows is expected here and not worth a warning.
+    logging.getLogger("fabstir.chain.client").setLevel(logging.ERROR)
     ui = ConsoleUI(stream_chat=not as_json)
     options = DemoOptions(
         prompts=prompts or DEFAULT_PROMPTS,
