@@ -18,6 +18,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 from eth_account import Account
 
+from fabstir.chain.local import test_private_key
 from fabstir.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,12 +96,7 @@ def run_json(*args: str, env: dict[str, str] | None = None) -> Any:
 
 def test_key(index: int) -> str:
     """Private key of anvil's test account `index` (0x-hex)."""
-    Account.enable_unaudited_hdwallet_features()
-    key: str = Account.from_mnemonic(
-        "test test test test test test test test test test test junk",
-        account_path=f"m/44'/60'/0'/0/{index}",
-    ).key.hex()
-    return key if key.startswith("0x") else "0x" + key
+    return test_private_key(index)
 
 
 def address_of(index: int) -> str:

@@ -35,7 +35,7 @@ import click
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from fabstir.chain.local import TEST_MNEMONIC, LocalChain
+from fabstir.chain.local import LocalChain, test_private_key
 from fabstir.cli.output import Output
 
 if TYPE_CHECKING:
@@ -277,10 +277,7 @@ def check_account_spec(value: str) -> str:
 
 def test_account(index: int) -> LocalAccount:
     """Anvil's (and ape's) standard test account `index`."""
-    Account.enable_unaudited_hdwallet_features()
-    account: LocalAccount = Account.from_mnemonic(
-        TEST_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}"
-    )
+    account: LocalAccount = Account.from_key(test_private_key(index))
     return account
 
 
