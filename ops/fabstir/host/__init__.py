@@ -1,0 +1,1 @@
+"""Reference host worker: inference engine, WebSocket sessions, receipts and settlement."""

@@ -1,0 +1,318 @@
+"""The worker's view of the chain: sessions to serve, the model it announces, settlement.
+
+A thin layer over `fabstir.chain.client` (web3, retries with backoff, decoded
+reverts, one nonce sequence). Every call is blocking web3 and runs in a thread
+(`asyncio.to_thread`) so the event loop keeps serving other sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final
+
+from eth_utils.address import to_checksum_address
+from web3.logs import DISCARD
+
+from fabstir.chain.client import ChainClient, ChainError, TxSender
+from fabstir.protocol.receipts import expected_receipt_signer, same_address
+from fabstir.sdk.errors import SDKError, SDKErrorCode
+
+log = logging.getLogger(__name__)
+
+ZERO_HASH: Final = "0x" + "00" * 32
+
+
+class Status(IntEnum):
+    """JobMarketplace.Status."""
+
+    NONE = 0
+    ACTIVE = 1
+    CLOSING = 2
+    SETTLED = 3
+
+
+class Outcome(IntEnum):
+    """JobMarketplace.Outcome (settleBatch per item, BatchItemSkipped reason)."""
+
+    OK = 0
+    UNKNOWN_SESSION = 1
+    NOT_OPEN = 2
+    NOT_HOST = 3
+    STALE_RECEIPT = 4
+    EXCEEDS_DEPOSIT = 5
+    BAD_SIGNATURE = 6
+
+
+class ModelStatus(IntEnum):
+    """ModelRegistry.Status."""
+
+    NONE = 0
+    PENDING = 1
+    APPROVED = 2
+    DEACTIVATED = 3
+
+
+def _hex(value: bytes | str) -> str:
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    return value.lower() if value.startswith("0x") else "0x" + value.lower()
+
+
+@dataclass(frozen=True)
+class OnChainSession:
+    """JobMarketplace.getSession, decoded."""
+
+    session_id: int
+    depositor: str
+    host: str
+    session_key: str
+    token: str
+    model_id: str
+    price: int
+    deposit: int
+    max_tokens: int
+    tokens_used: int
+    ends_at: int
+    finalize_after: int
+    proof_interval: int
+    status: Status
+
+    @classmethod
+    def from_tuple(cls, info: Sequence[Any]) -> OnChainSession:
+        return cls(
+            session_id=int(info[0]),
+            depositor=to_checksum_address(info[1]),
+            host=to_checksum_address(info[2]),
+            session_key=to_checksum_address(info[3]),
+            token=to_checksum_address(info[4]),
+            model_id=_hex(info[5]),
+            price=int(info[6]),
+            deposit=int(info[7]),
+            max_tokens=int(info[8]),
+            tokens_used=int(info[9]),
+            ends_at=int(info[10]),
+            finalize_after=int(info[11]),
+            proof_interval=int(info[12]),
+            status=Status(int(info[13])),
+        )
+
+    @property
+    def signer(self) -> str:
+        """Who signs this session's receipts and session_init proofs."""
+        return expected_receipt_signer(self.session_key, self.depositor)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """ModelRegistry.getModel, decoded."""
+
+    model_id: str
+    sha256: str  # 64 lowercase hex digits, no 0x (as hashlib gives it)
+    size: int
+    status: ModelStatus
+    repo: str
+    file: str
+
+
+class SessionRejected(SDKError):
+    """The session may not be served; `code` goes into the error frame."""
+
+
+def check_servable(
+    session: OnChainSession | None, *, session_id: int, host: str, model_id: str, now: float
+) -> OnChainSession:
+    """Raise SessionRejected unless this worker may serve the session now."""
+    if session is None:
+        raise SessionRejected(SDKErrorCode.SESSION_NOT_FOUND, f"session {session_id} not found")
+    if not same_address(session.host, host):
+        raise SessionRejected(
+            SDKErrorCode.WRONG_HOST, f"session {session_id} belongs to host {session.host}"
+        )
+    if session.model_id.lower() != model_id.lower():
+        raise SessionRejected(
+            SDKErrorCode.MODEL_MISMATCH,
+            f"session {session_id} is for model {session.model_id}; this host serves {model_id}",
+        )
+    if session.status != Status.ACTIVE:
+        raise SessionRejected(
+            SDKErrorCode.INVALID_SESSION_STATE,
+            f"session {session_id} is {session.status.name.lower()}, not active",
+        )
+    if session.ends_at <= now:
+        raise SessionRejected(
+            SDKErrorCode.SESSION_EXPIRED, f"session {session_id} ended at {session.ends_at}"
+        )
+    if session.tokens_used >= session.max_tokens:
+        raise SessionRejected(
+            SDKErrorCode.SESSION_BUDGET_EXHAUSTED,
+            f"session {session_id} has used all {session.max_tokens} tokens",
+        )
+    return session
+
+
+@dataclass(frozen=True)
+class SettleItem:
+    """One settleBatch item; tokens_used 0 settles with what the chain has recorded."""
+
+    session_id: int
+    tokens_used: int = 0
+    content_hash: str = ZERO_HASH
+    signature: str = "0x"
+
+    def as_tuple(self) -> tuple[int, int, bytes, bytes]:
+        return (
+            self.session_id,
+            self.tokens_used,
+            bytes.fromhex(self.content_hash[2:]),
+            bytes.fromhex(self.signature[2:]),
+        )
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    tx_hash: str
+    gas_used: int
+    outcomes: dict[int, Outcome]
+    #: session id -> tokens the chain paid for (from SessionSettled)
+    settled_tokens: dict[int, int]
+
+
+class HostChain:
+    """Async facade over ChainClient/TxSender for the worker (one instance per worker)."""
+
+    def __init__(self, client: ChainClient, sender: TxSender) -> None:
+        self.client = client
+        self.sender = sender
+        self.address: str = sender.address
+        self.marketplace = client.contract("JobMarketplace")
+        self.model_registry = client.contract("ModelRegistry")
+        self.node_registry = client.contract("NodeRegistry")
+
+    @property
+    def marketplace_address(self) -> str:
+        return str(self.marketplace.address)
+
+    async def chain_id(self) -> int:
+        return await asyncio.to_thread(lambda: self.client.chain_id)
+
+    # -- sessions
+
+    def _get_session(self, session_id: int) -> OnChainSession | None:
+        try:
+            info = self.client.call(self.marketplace.functions.getSession(session_id), "getSession")
+        except ChainError as exc:
+            if exc.name == "UnknownSession":
+                return None
+            raise
+        return OnChainSession.from_tuple(info)
+
+    async def session(self, session_id: int) -> OnChainSession | None:
+        """The session, or None if the chain does not know it."""
+        return await asyncio.to_thread(self._get_session, session_id)
+
+    async def session_and_time(self, session_id: int) -> tuple[OnChainSession | None, float]:
+        """The session and "now" as the chain will judge it: the later of the wall clock
+        and the newest block's timestamp (a local chain may run ahead of the clock)."""
+
+        def run() -> tuple[OnChainSession | None, float]:
+            return self._get_session(session_id), max(
+                time.time(), float(self.client.block_timestamp())
+            )
+
+        return await asyncio.to_thread(run)
+
+    async def sessions(self, session_ids: Sequence[int]) -> dict[int, OnChainSession | None]:
+        """Several sessions (one call each, in one thread)."""
+
+        def run() -> dict[int, OnChainSession | None]:
+            return {sid: self._get_session(sid) for sid in session_ids}
+
+        return await asyncio.to_thread(run)
+
+    async def checkpoint_hash(
+        self, session_id: int, tokens: int, from_block: int = 0
+    ) -> str | None:
+        """The content hash of the recorded receipt for `tokens`, from CheckpointSubmitted
+        (None when it cannot be found)."""
+
+        def run() -> str | None:
+            event = self.marketplace.events.CheckpointSubmitted
+            try:
+                logs = self.client.retry.run(
+                    lambda: event.get_logs(
+                        argument_filters={"sessionId": session_id}, from_block=from_block
+                    ),
+                    "getLogs(CheckpointSubmitted)",
+                )
+            except Exception as exc:  # e.g. a provider that limits the block range
+                log.warning("event=checkpoint_lookup_failed session=%s error=%r", session_id, exc)
+                return None
+            for entry in reversed(list(logs)):
+                if int(entry["args"]["tokensUsed"]) == tokens:
+                    return _hex(entry["args"]["contentHash"])
+            return None
+
+        return await asyncio.to_thread(run)
+
+    # -- the model
+
+    async def model(self, model_id: str) -> ModelEntry | None:
+        def run() -> ModelEntry | None:
+            try:
+                m = self.client.call(
+                    self.model_registry.functions.getModel(bytes.fromhex(model_id[2:])), "getModel"
+                )
+            except ChainError as exc:
+                if exc.name == "UnknownModel":
+                    return None
+                raise
+            return ModelEntry(
+                model_id=model_id.lower(),
+                sha256=bytes(m[0]).hex(),
+                size=int(m[1]),
+                status=ModelStatus(int(m[3])),
+                repo=str(m[4]),
+                file=str(m[5]),
+            )
+
+        return await asyncio.to_thread(run)
+
+    async def serves_model(self, model_id: str) -> bool:
+        def run() -> bool:
+            fn = self.node_registry.functions.hostServesModel(
+                self.address, bytes.fromhex(model_id[2:])
+            )
+            return bool(self.client.call(fn, "hostServesModel"))
+
+        return await asyncio.to_thread(run)
+
+    # -- settlement
+
+    async def settle_batch(self, items: Sequence[SettleItem]) -> BatchResult:
+        """One settleBatch transaction; per-item outcomes from its events.
+
+        Raises ChainUnavailable (RPC down through every retry) or ChainError (the
+        whole transaction reverted or was rejected).
+        """
+
+        def run() -> BatchResult:
+            fn = self.marketplace.functions.settleBatch([i.as_tuple() for i in items])
+            result = self.sender.send(fn, what=f"settleBatch({len(items)})")
+            skipped = self.marketplace.events.BatchItemSkipped().process_receipt(
+                result.receipt, errors=DISCARD
+            )
+            settled = self.marketplace.events.SessionSettled().process_receipt(
+                result.receipt, errors=DISCARD
+            )
+            outcomes = {i.session_id: Outcome.OK for i in items}
+            for ev in skipped:
+                outcomes[int(ev["args"]["sessionId"])] = Outcome(int(ev["args"]["reason"]))
+            tokens = {int(ev["args"]["sessionId"]): int(ev["args"]["tokensUsed"]) for ev in settled}
+            return BatchResult(result.tx_hash, result.gas_used, outcomes, tokens)
+
+        return await asyncio.to_thread(run)

@@ -1,0 +1,392 @@
+"""Serving state of one session, and the streaming of one prompt under the receipt rules.
+
+A `ServedSession` lives in the worker's memory from the first session_init until
+the session is closed; connections come and go (a client that reconnects
+resumes it). It holds:
+
+* the conversation (user/assistant turns; the configured system prompt is put
+  in front of the window sent to the engine, see `fit_window`),
+* the transcript hash chain (`ContentHasher`) and the tokens streamed so far,
+* the newest acknowledged receipt, and every (tokens, content_hash) state the
+  host has sent since: a receipt is valid only for one of those states, above
+  the acknowledged count, signed by the session key.
+
+The unsigned-token cap: the host never streams more than `proof_interval`
+tokens beyond the newest acknowledged receipt. When the next piece would pass
+it, the host sends `receipt_request` for the last state it sent and stops
+pulling the engine's stream until a receipt moves the mark (or the wait times
+out: `end` with finish_reason "error", then `error RECEIPT_REQUIRED`). One
+exception, documented in docs/protocol.md: a single engine piece that alone is
+larger than the interval (several tokens that make one UTF-8 character) is sent
+when nothing is unsigned, since it cannot be split.
+
+On resume the state rolls back to the newest acknowledged (stored) receipt:
+tokens streamed after it were never paid for, and the client continues its hash
+chain from the receipt it signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from fabstir.host.config import Limits
+from fabstir.host.engine import (
+    ChatMessage,
+    Engine,
+    EngineClosedError,
+    EngineError,
+    InvalidRequestError,
+    PromptTooLongError,
+    TokenChunk,
+    fit_window,
+)
+from fabstir.host.metrics import HostMetrics, kv
+from fabstir.host.store import SessionTerms
+from fabstir.protocol.messages import Chunk, End, Message, Prompt, ReceiptMessage, ReceiptRequest
+from fabstir.protocol.receipts import (
+    GENESIS_HASH,
+    ContentHasher,
+    Eip712Domain,
+    InvalidSignatureError,
+    recover_receipt_signer,
+    same_address,
+)
+from fabstir.sdk.errors import SDKError, SDKErrorCode
+
+log = logging.getLogger(__name__)
+
+GENESIS_HEX: Final = "0x" + GENESIS_HASH.hex()
+#: Conversation messages kept in memory per session (the engine sees a window of them).
+MAX_TURNS_KEPT: Final = 128
+
+SendFn = Callable[[Message], Awaitable[None]]
+ErrorFn = Callable[[SDKErrorCode, str, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServeContext:
+    """What a prompt needs from the worker around it."""
+
+    engine: Engine
+    send: SendFn
+    error: ErrorFn
+    limits: Limits
+    metrics: HostMetrics
+    system_prompt: str | None = None
+    temperature: float = 0.0
+
+
+class _Cancelled(Exception):
+    """The client cancelled the running request."""
+
+
+class _ReceiptTimeout(Exception):
+    """No receipt arrived in time for the state the host asked to be signed."""
+
+
+def history_turns(history: Sequence[str] | None) -> list[ChatMessage]:
+    """session_init.history (alternating user, assistant, ...) as chat messages."""
+    roles = ("user", "assistant")
+    return [ChatMessage(roles[i % 2], text) for i, text in enumerate(history or ())]
+
+
+class ServedSession:
+    """See the module docstring. Only the event loop touches an instance."""
+
+    def __init__(
+        self,
+        terms: SessionTerms,
+        *,
+        acked_tokens: int = 0,
+        acked_hash: str = GENESIS_HEX,
+        turns: Sequence[ChatMessage] = (),
+    ) -> None:
+        self.terms = terms
+        self.turns: list[ChatMessage] = list(turns)[-MAX_TURNS_KEPT:]
+        self.acked_tokens = acked_tokens
+        self.acked_hash = acked_hash
+        self.tokens = acked_tokens
+        self.hasher = ContentHasher(acked_hash)
+        self.last_sent: tuple[int, str] = (acked_tokens, acked_hash)
+        self._points: set[tuple[int, str]] = set()
+        self._wake = asyncio.Event()
+        self._cancel = asyncio.Event()
+        self.running: str | None = None  # id of the request being generated
+        self.closed = False
+        #: The connection serving the session now (server.Connection), if any.
+        self.owner: object | None = None
+
+    @property
+    def session_id(self) -> int:
+        return self.terms.session_id
+
+    @property
+    def unsigned(self) -> int:
+        """Tokens streamed beyond the newest acknowledged receipt."""
+        return self.tokens - self.acked_tokens
+
+    @property
+    def remaining(self) -> int:
+        """Tokens the deposit can still pay for."""
+        return max(0, self.terms.max_tokens - self.tokens)
+
+    @property
+    def needs_receipt(self) -> bool:
+        """No new request may start before a receipt: the cap is reached."""
+        return self.unsigned >= self.terms.proof_interval
+
+    def rollback(self, acked_tokens: int, acked_hash: str) -> None:
+        """Continue from the newest acknowledged receipt (resume)."""
+        self.acked_tokens, self.acked_hash = acked_tokens, acked_hash
+        self.tokens = acked_tokens
+        self.hasher = ContentHasher(acked_hash)
+        self.last_sent = (acked_tokens, acked_hash)
+        self._points.clear()
+
+    # -- receipts
+
+    def check_receipt(self, msg: ReceiptMessage, domain: Eip712Domain) -> None:
+        """Raise SDKError (its code for the error frame) unless `msg` is a valid new receipt."""
+        if msg.session_id != self.session_id:
+            raise SDKError(
+                SDKErrorCode.PROOF_VERIFICATION_FAILED,
+                f"receipt is for session {msg.session_id}, this is session {self.session_id}",
+            )
+        if msg.tokens <= self.acked_tokens:
+            raise SDKError(
+                SDKErrorCode.STALE_RECEIPT,
+                f"receipt for {msg.tokens} tokens is not above the accepted {self.acked_tokens}",
+            )
+        if (msg.tokens, msg.content_hash) not in self._points:
+            raise SDKError(
+                SDKErrorCode.PROOF_VERIFICATION_FAILED,
+                f"no state with {msg.tokens} tokens and hash {msg.content_hash} was sent",
+            )
+        try:
+            signer = recover_receipt_signer(domain, msg.to_receipt())
+        except InvalidSignatureError as exc:
+            raise SDKError(SDKErrorCode.INVALID_PROOF, exc.message) from None
+        if not same_address(signer, self.terms.session_key):
+            raise SDKError(
+                SDKErrorCode.WRONG_SIGNER,
+                f"receipt signed by {signer}, not the session key {self.terms.session_key}",
+            )
+
+    def accept_receipt(self, tokens: int, content_hash: str) -> None:
+        """The receipt is stored: move the acknowledged mark and wake a paused stream."""
+        if tokens <= self.acked_tokens:
+            return
+        self.acked_tokens, self.acked_hash = tokens, content_hash
+        self._points = {p for p in self._points if p[0] > tokens}
+        self._wake.set()
+
+    def _sent(self, tokens: int, content_hash: str) -> None:
+        self.last_sent = (tokens, content_hash)
+        if tokens > self.acked_tokens:
+            self._points.add((tokens, content_hash))
+
+    # -- cancellation
+
+    def begin(self, request_id: str) -> None:
+        """Mark `request_id` as running (before its task starts: one prompt at a time)."""
+        self.running = request_id
+        self._cancel.clear()
+
+    def cancel(self) -> bool:
+        """Ask the running request to stop (end with finish_reason "cancelled")."""
+        if self.running is None:
+            return False
+        self._cancel.set()
+        self._wake.set()
+        return True
+
+    # -- one prompt
+
+    async def run_prompt(self, prompt: Prompt, ctx: ServeContext) -> None:
+        """Stream the answer to `prompt`. The caller has checked the prompt is allowed
+        (one at a time, size, rate, budget, cap). Raises CancelledError only when the
+        task is cancelled from outside (client gone, shutdown)."""
+        if self.running != prompt.id:
+            self.begin(prompt.id)
+        try:
+            await self._run(prompt, ctx)
+        finally:
+            self.running = None
+            self._cancel.clear()
+
+    async def _prepare(
+        self, prompt: Prompt, ctx: ServeContext, max_tokens: int
+    ) -> tuple[AsyncIterator[TokenChunk], int]:
+        turns = [*self.turns, ChatMessage("user", prompt.text)]
+        engine = ctx.engine
+        for attempt in range(2):
+            try:
+                window = await asyncio.to_thread(
+                    fit_window,
+                    ctx.system_prompt,
+                    turns,
+                    n_ctx=engine.n_ctx,
+                    max_tokens=max_tokens,
+                    count_prompt_tokens=engine.count_prompt_tokens,
+                )
+                stream = await asyncio.to_thread(
+                    functools.partial(
+                        engine.generate,
+                        window,
+                        max_tokens=max_tokens,
+                        temperature=ctx.temperature,
+                        cache_key=f"session-{self.session_id}",
+                    )
+                )
+                return stream, max_tokens
+            except PromptTooLongError as exc:
+                room = exc.n_ctx - exc.n_prompt
+                if attempt or room < 1:
+                    raise
+                max_tokens = min(max_tokens, room)  # a long prompt leaves less room to answer
+        raise AssertionError("unreachable")
+
+    async def _run(self, prompt: Prompt, ctx: ServeContext) -> None:
+        wanted = min(prompt.max_tokens, ctx.limits.max_tokens_per_request)
+        max_tokens = min(wanted, self.remaining)
+        try:
+            stream, max_tokens = await self._prepare(prompt, ctx, max_tokens)
+        except PromptTooLongError as exc:
+            await ctx.error(SDKErrorCode.PROMPT_TOO_LARGE, str(exc), prompt.id)
+            return
+        except InvalidRequestError as exc:
+            await ctx.error(SDKErrorCode.INVALID_ARGUMENT, str(exc), prompt.id)
+            return
+        except EngineClosedError:
+            await ctx.error(SDKErrorCode.SERVICE_UNAVAILABLE, "the engine is closed", prompt.id)
+            return
+        budget_bound = max_tokens < wanted and max_tokens == self.remaining
+
+        # From here the prompt is part of the transcript: `end` always follows.
+        self.hasher.update_prompt(prompt.text)
+        answer: list[str] = []
+        finish = "error"
+        after: tuple[SDKErrorCode, str] | None = None
+        pending = 0  # tokens that came without text (reported by the next frame)
+        it = aiter(stream)
+        nxt: asyncio.Future[TokenChunk | None] | None = None
+        cancel_wait = asyncio.ensure_future(self._cancel.wait())
+        try:
+            while True:
+                if self._cancel.is_set():
+                    raise _Cancelled
+                nxt = asyncio.ensure_future(anext(it, None))
+                await asyncio.wait({nxt, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    raise _Cancelled
+                piece = nxt.result()
+                nxt = None
+                if piece is None:
+                    break
+                n = piece.n_tokens + pending
+                if n:
+                    await self._allow(n, ctx)
+                if piece.text:
+                    self.tokens += n
+                    pending = 0
+                    digest = self.hasher.update_chunk(piece.text)
+                    state = (self.tokens, "0x" + digest.hex())
+                    self._sent(*state)
+                    answer.append(piece.text)
+                    ctx.metrics.tokens_served.inc(n)
+                    await ctx.send(
+                        Chunk(id=prompt.id, text=piece.text, tokens=state[0], content_hash=state[1])
+                    )
+                else:
+                    pending = n
+                if piece.finish_reason is not None:
+                    finish = piece.finish_reason
+                    break
+        except _Cancelled:
+            finish = "cancelled"
+        except _ReceiptTimeout:
+            after = (
+                SDKErrorCode.RECEIPT_REQUIRED,
+                f"no receipt for {self.last_sent[0]} tokens within "
+                f"{ctx.limits.receipt_timeout:g}s; sign it to continue",
+            )
+        except EngineError as exc:
+            log.warning(kv("engine_error", session=self.session_id, id=prompt.id, error=str(exc)))
+            code = (
+                SDKErrorCode.SERVICE_UNAVAILABLE
+                if isinstance(exc, EngineClosedError)
+                else SDKErrorCode.INTERNAL_ERROR
+            )
+            after = (code, "generation failed")
+        finally:
+            cancel_wait.cancel()
+            if nxt is not None and not nxt.done():
+                nxt.cancel()
+                with contextlib.suppress(BaseException):
+                    await nxt
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+        if pending and finish != "error":
+            # Tokens without text at the very end (the engine's last piece): counted,
+            # hash unchanged; allowed within the cap like any other piece.
+            try:
+                await self._allow(pending, ctx)
+                self.tokens += pending
+                ctx.metrics.tokens_served.inc(pending)
+            except (_Cancelled, _ReceiptTimeout):
+                pass
+        if finish == "length" and budget_bound:
+            finish = "budget"
+        state = (self.tokens, self.hasher.hexdigest)
+        self._sent(*state)
+        text = "".join(answer)
+        if text:
+            self.turns += [ChatMessage("user", prompt.text), ChatMessage("assistant", text)]
+            del self.turns[:-MAX_TURNS_KEPT]
+        ctx.metrics.prompts.inc(finish_reason=finish)
+        await ctx.send(
+            End(id=prompt.id, tokens=state[0], content_hash=state[1], finish_reason=finish)
+        )
+        if after is not None:
+            await ctx.error(after[0], after[1], prompt.id)
+        elif finish == "budget" and self.remaining == 0:
+            await ctx.error(
+                SDKErrorCode.SESSION_BUDGET_EXHAUSTED,
+                f"the deposit pays for {self.terms.max_tokens} tokens and all are used",
+                prompt.id,
+            )
+
+    async def _allow(self, n: int, ctx: ServeContext) -> None:
+        """Return when `n` more tokens stay within the unsigned-token cap; until then ask
+        for a receipt and wait. Raises _ReceiptTimeout or _Cancelled."""
+        interval = self.terms.proof_interval
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        requested: tuple[int, str] | None = None
+        while True:
+            self._wake.clear()
+            if self._cancel.is_set():
+                raise _Cancelled
+            if self.tokens <= self.acked_tokens or self.tokens + n - self.acked_tokens <= interval:
+                return
+            if deadline is None:
+                deadline = loop.time() + ctx.limits.receipt_timeout
+            if requested != self.last_sent:
+                requested = self.last_sent
+                await ctx.send(ReceiptRequest(tokens=requested[0], content_hash=requested[1]))
+            left = deadline - loop.time()
+            if left <= 0:
+                raise _ReceiptTimeout
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                raise _ReceiptTimeout from None

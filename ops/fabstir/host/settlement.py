@@ -1,0 +1,306 @@
+"""The settlement loop: turns stored receipts into on-chain payment.
+
+Every `interval` seconds, or when woken (a client closed a session; the loop
+then waits `coalesce` seconds so that closes arriving together share one
+transaction):
+
+1. Local rules move `open` sessions to `closing`: the end is within
+   `expiry_margin`, or nobody is connected and nothing happened for
+   `idle_timeout`.
+2. The chain is polled for the other open sessions (every `poll_interval`
+   seconds): a client's on-chain `requestClose` (status Closing) makes the
+   session `closing` at once, so the newest receipt lands inside the
+   settlement window; one settled by someone else is recorded as settled.
+3. Every `closing` session is settled with ONE `settleBatch` transaction (up to
+   100 per transaction). An item carries the newest stored receipt when it is
+   newer than what the chain is known to hold, else `tokensUsed = 0` (settle
+   as recorded). Outcomes: Ok -> settled; NotOpen -> settled already;
+   StaleReceipt -> settled again at once with `tokensUsed = 0`; anything else
+   -> `failed`, with a log line.
+
+All state lives in SQLite, so a crash or restart picks up exactly where it
+was. An unreachable RPC (ChainUnavailable) or a rejected transaction fails the
+pass, not the loop: the next try comes after a backoff (1 s doubling up to the
+interval), and the sessions stay `closing` until the chain answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+from fabstir.chain.client import ChainError, ChainUnavailable
+from fabstir.host.chain import HostChain, OnChainSession, Outcome, SettleItem, Status
+from fabstir.host.metrics import HostMetrics, kv
+from fabstir.host.store import SessionRecord, SessionStore
+from fabstir.sdk.errors import SDKErrorCode
+
+log = logging.getLogger(__name__)
+
+#: JobMarketplace.MAX_BATCH.
+MAX_BATCH: Final = 100
+
+
+class SessionHooks(Protocol):
+    """What the loop needs from the server."""
+
+    def is_connected(self, session_id: int) -> bool: ...
+
+    async def end_session(self, session_id: int, code: SDKErrorCode, message: str) -> None: ...
+
+
+class SettlementLoop:
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        chain: HostChain,
+        metrics: HostMetrics,
+        hooks: SessionHooks,
+        interval: float,
+        poll_interval: float,
+        coalesce: float = 0.0,
+        idle_timeout: float,
+        expiry_margin: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.chain = chain
+        self.metrics = metrics
+        self.hooks = hooks
+        self.interval = interval
+        self.poll_interval = poll_interval
+        self.coalesce = coalesce
+        self.idle_timeout = idle_timeout
+        self.expiry_margin = expiry_margin
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last_poll = 0.0
+        self._lock = asyncio.Lock()
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self.passes = 0
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="settlement")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop the periodic loop (a pass in progress finishes first)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def final_pass(self, timeout: float) -> bool:
+        """Settle everything `closing`, retrying until done or `timeout`. True when done."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.5
+        while True:
+            ok = await self.pass_once(poll_chain=False)
+            if ok and not await self.store.by_state("closing"):
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+
+    async def _run(self) -> None:
+        delay = 0.0  # first pass at once: resume whatever a previous run left
+        backoff = 1.0
+        while not self._stopping:
+            woken = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                woken = True
+            if woken and self.coalesce > 0 and not self._stopping:
+                # Closes tend to come in bursts: wait a moment so one transaction
+                # settles all of them.
+                await asyncio.sleep(self.coalesce)
+            self._wake.clear()
+            if self._stopping:
+                break
+            if await self.pass_once():
+                backoff = 1.0
+                delay = self.interval
+            else:
+                delay = min(backoff, self.interval)
+                backoff = min(backoff * 2, self.interval)
+
+    # -- one pass
+
+    async def pass_once(self, *, poll_chain: bool = True) -> bool:
+        """One pass of the rules above; False when the chain could not be reached."""
+        async with self._lock:
+            self.passes += 1
+            try:
+                await self._close_due()
+                if poll_chain:
+                    await self._poll_chain()
+                await self._settle_closing()
+            except ChainUnavailable as exc:
+                self._failed(f"chain unreachable: {exc}")
+                return False
+            except ChainError as exc:
+                self._failed(f"settlement transaction failed: {exc}")
+                return False
+            except Exception as exc:  # the loop must survive anything
+                log.exception(kv("settlement_pass_crashed"))
+                self._failed(f"unexpected: {exc!r}")
+                return False
+            finally:
+                with contextlib.suppress(Exception):
+                    await self.refresh_gauges()
+            self.last_success = self.clock()
+            self.last_error = None
+            self.metrics.last_settlement.set(self.last_success)
+            return True
+
+    def _failed(self, reason: str) -> None:
+        self.last_error = reason
+        self.metrics.settlement_failures.inc()
+        log.warning(kv("settlement_pass_failed", reason=reason[:300]))
+
+    async def refresh_gauges(self) -> None:
+        counts = await self.store.counts()
+        for state, n in counts.items():
+            self.metrics.sessions.set(n, state=state)
+        self.metrics.settlement_lag.set(await self.lag())
+        self.metrics.receipted_tokens.set(await self.store.receipted_tokens())
+
+    async def lag(self) -> float:
+        oldest = await self.store.oldest_closing_since()
+        return 0.0 if oldest is None else max(0.0, self.clock() - oldest)
+
+    async def _close(self, session_id: int, reason: str, code: SDKErrorCode, message: str) -> None:
+        await self.hooks.end_session(session_id, code, message)
+        if await self.store.mark_closing(session_id, reason):
+            log.info(kv("session_closing", session=session_id, reason=reason))
+
+    async def _close_due(self) -> None:
+        now = self.clock()
+        for rec in await self.store.by_state("open"):
+            if rec.ends_at - now <= self.expiry_margin:
+                await self._close(
+                    rec.session_id, "expiry", SDKErrorCode.SESSION_EXPIRED,
+                    f"the session ends at {rec.ends_at}; settling it now",
+                )  # fmt: skip
+            elif (
+                not self.hooks.is_connected(rec.session_id)
+                and now - rec.last_activity >= self.idle_timeout
+            ):
+                await self._close(
+                    rec.session_id, "idle", SDKErrorCode.INVALID_SESSION_STATE,
+                    "the session was idle too long and is being settled",
+                )  # fmt: skip
+
+    async def _poll_chain(self) -> None:
+        now = self.clock()
+        if now - self._last_poll < self.poll_interval:
+            return
+        records = await self.store.by_state("open")
+        if not records:
+            self._last_poll = now
+            return
+        infos = await self.chain.sessions([r.session_id for r in records])
+        self._last_poll = now
+        for rec in records:
+            await self._reconcile(rec, infos.get(rec.session_id))
+
+    async def _reconcile(self, rec: SessionRecord, info: OnChainSession | None) -> None:
+        sid = rec.session_id
+        if info is None:
+            await self.hooks.end_session(sid, SDKErrorCode.SESSION_NOT_FOUND, "unknown on chain")
+            await self.store.mark_failed(sid, "unknown on chain")
+            self.metrics.settlements.inc(outcome="unknown_session")
+            log.error(kv("session_failed", session=sid, reason="unknown on chain"))
+        elif info.status == Status.CLOSING:
+            await self._close(
+                sid, "client_request", SDKErrorCode.INVALID_SESSION_STATE,
+                "the client asked the chain to close the session",
+            )  # fmt: skip
+        elif info.status == Status.SETTLED:
+            await self.hooks.end_session(sid, SDKErrorCode.INVALID_SESSION_STATE, "settled")
+            await self.store.mark_settled(
+                sid, tx=None, tokens=info.tokens_used, note="settled on chain by another party"
+            )
+            self.metrics.settlements.inc(outcome="settled_elsewhere")
+            level = logging.WARNING if rec.receipt_tokens > info.tokens_used else logging.INFO
+            log.log(
+                level,
+                kv(
+                    "session_settled_elsewhere",
+                    session=sid,
+                    chain_tokens=info.tokens_used,
+                    stored_tokens=rec.receipt_tokens,
+                ),
+            )
+        elif info.tokens_used > rec.submitted_tokens:
+            await self.store.set_submitted(sid, info.tokens_used)
+
+    async def _settle_closing(self) -> None:
+        closing = await self.store.by_state("closing")
+        for start in range(0, len(closing), MAX_BATCH):
+            await self._settle_batch(closing[start : start + MAX_BATCH])
+
+    @staticmethod
+    def _item(rec: SessionRecord) -> SettleItem:
+        if rec.has_unsubmitted_receipt:
+            assert rec.receipt_hash is not None and rec.receipt_sig is not None
+            return SettleItem(rec.session_id, rec.receipt_tokens, rec.receipt_hash, rec.receipt_sig)
+        return SettleItem(rec.session_id)
+
+    async def _settle_batch(self, records: Sequence[SessionRecord]) -> None:
+        items = [self._item(r) for r in records]
+        result = await self.chain.settle_batch(items)
+        self.metrics.settlement_txs.inc()
+        log.info(kv("settle_batch", tx=result.tx_hash, gas=result.gas_used, sessions=len(items)))
+        stale: list[int] = []
+        for rec, item in zip(records, items, strict=True):
+            sid = rec.session_id
+            outcome = result.outcomes.get(sid, Outcome.OK)
+            if outcome == Outcome.OK:
+                tokens = result.settled_tokens.get(sid, item.tokens_used)
+                await self.store.mark_settled(sid, tx=result.tx_hash, tokens=tokens)
+                self.metrics.settlements.inc(outcome="ok")
+                self.metrics.settled_tokens.inc(tokens)
+                log.info(kv("session_settled", session=sid, tokens=tokens, tx=result.tx_hash))
+            elif outcome == Outcome.NOT_OPEN:
+                await self.store.mark_settled(sid, tx=None, tokens=None, note="already settled")
+                self.metrics.settlements.inc(outcome="already_settled")
+                log.info(kv("session_already_settled", session=sid))
+            elif outcome == Outcome.STALE_RECEIPT:
+                # The chain already holds this receipt or a newer one: settle as recorded.
+                await self.store.set_submitted(sid, item.tokens_used)
+                stale.append(sid)
+            else:
+                reason = outcome.name.lower()
+                await self.store.mark_failed(sid, reason, tx=result.tx_hash)
+                self.metrics.settlements.inc(outcome=reason)
+                log.error(
+                    kv(
+                        "session_failed",
+                        session=sid,
+                        reason=reason,
+                        tokens=item.tokens_used,
+                        tx=result.tx_hash,
+                    )
+                )
+        if stale:
+            fresh = [r for r in await self.store.by_state("closing") if r.session_id in stale]
+            if fresh:
+                await self._settle_batch(fresh)

@@ -1,0 +1,300 @@
+"""The worker's durable state: one SQLite file, written by one thread.
+
+Every method is a coroutine that runs its statement on a single-thread
+executor, so the connection is only ever touched by that thread and writes are
+serialised. The database runs in WAL mode with `synchronous=FULL`: a commit is
+on disk (fsync) before the coroutine returns, which is what lets the server
+acknowledge a receipt only after it is stored. A write already handed to the
+executor completes even if the awaiting coroutine is cancelled.
+
+Lifecycle of a row: `open` (being served) -> `closing` (waiting for the
+settlement loop) -> `settled`, or `failed` when the chain refused it for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+T = TypeVar("T")
+
+State = Literal["open", "closing", "settled", "failed"]
+STATES: Final = ("open", "closing", "settled", "failed")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id       INTEGER PRIMARY KEY,
+    client           TEXT    NOT NULL,
+    session_key      TEXT    NOT NULL,
+    token            TEXT    NOT NULL,
+    price            TEXT    NOT NULL,
+    max_tokens       INTEGER NOT NULL,
+    proof_interval   INTEGER NOT NULL,
+    ends_at          INTEGER NOT NULL,
+    receipt_tokens   INTEGER NOT NULL DEFAULT 0,
+    receipt_hash     TEXT,
+    receipt_sig      TEXT,
+    submitted_tokens INTEGER NOT NULL DEFAULT 0,
+    state            TEXT    NOT NULL DEFAULT 'open'
+                     CHECK (state IN ('open', 'closing', 'settled', 'failed')),
+    close_reason     TEXT,
+    closing_since    REAL,
+    last_activity    REAL    NOT NULL,
+    settle_tx        TEXT,
+    updated_at       REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state);
+"""
+
+_COLUMNS: Final = (
+    "session_id, client, session_key, token, price, max_tokens, proof_interval, ends_at, "
+    "receipt_tokens, receipt_hash, receipt_sig, submitted_tokens, state, close_reason, "
+    "closing_since, last_activity, settle_tx, updated_at"
+)
+
+
+@dataclass(frozen=True)
+class SessionTerms:
+    """What the store keeps of a session's on-chain terms."""
+
+    session_id: int
+    client: str
+    session_key: str
+    token: str
+    price: int
+    max_tokens: int
+    proof_interval: int
+    ends_at: int
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One row of `sessions`."""
+
+    session_id: int
+    client: str
+    session_key: str
+    token: str
+    price: int
+    max_tokens: int
+    proof_interval: int
+    ends_at: int
+    receipt_tokens: int
+    receipt_hash: str | None
+    receipt_sig: str | None
+    submitted_tokens: int
+    state: State
+    close_reason: str | None
+    closing_since: float | None
+    last_activity: float
+    settle_tx: str | None
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> SessionRecord:
+        values = list(row)
+        values[4] = int(values[4])  # price is stored as decimal text (uint64 > int64)
+        return cls(*values)
+
+    @property
+    def has_unsubmitted_receipt(self) -> bool:
+        """True when the newest receipt is newer than what the chain is known to hold."""
+        return self.receipt_tokens > self.submitted_tokens and self.receipt_sig is not None
+
+
+class SessionStore:
+    """Async access to the sessions table; see the module docstring."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-store")
+        self._conn: sqlite3.Connection | None = None
+
+    # -- plumbing
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("the session store is not open")
+        return self._conn
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        if self._conn is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit: every statement below is its own transaction, durable on return.
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _select(self, where: str, *args: Any) -> list[SessionRecord]:
+        rows = self._db().execute(f"SELECT {_COLUMNS} FROM sessions {where}", args).fetchall()
+        return [SessionRecord.from_row(r) for r in rows]
+
+    # -- reads
+
+    async def get(self, session_id: int) -> SessionRecord | None:
+        rows = await self._run(self._select, "WHERE session_id = ?", session_id)
+        return rows[0] if rows else None
+
+    async def by_state(self, *states: State) -> list[SessionRecord]:
+        marks = ",".join("?" for _ in states)
+        return await self._run(
+            self._select, f"WHERE state IN ({marks}) ORDER BY session_id", *states
+        )
+
+    async def counts(self) -> dict[str, int]:
+        def run() -> dict[str, int]:
+            rows = self._db().execute("SELECT state, COUNT(*) FROM sessions GROUP BY state")
+            out = dict.fromkeys(STATES, 0)
+            out.update({state: int(n) for state, n in rows})
+            return out
+
+        return await self._run(run)
+
+    async def oldest_closing_since(self) -> float | None:
+        def run() -> float | None:
+            row = (
+                self._db()
+                .execute("SELECT MIN(closing_since) FROM sessions WHERE state = 'closing'")
+                .fetchone()
+            )
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._run(run)
+
+    async def receipted_tokens(self) -> int:
+        def run() -> int:
+            row = self._db().execute("SELECT COALESCE(SUM(receipt_tokens), 0) FROM sessions")
+            return int(row.fetchone()[0])
+
+        return await self._run(run)
+
+    # -- writes (each one durable when it returns)
+
+    async def register(self, terms: SessionTerms, *, now: float | None = None) -> SessionRecord:
+        """Insert the session if it is new (state `open`); refresh `ends_at`; return the row."""
+
+        def run(ts: float) -> SessionRecord:
+            db = self._db()
+            db.execute(
+                "INSERT INTO sessions (session_id, client, session_key, token, price, max_tokens,"
+                " proof_interval, ends_at, last_activity, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (session_id) DO UPDATE SET ends_at = excluded.ends_at",
+                (
+                    terms.session_id,
+                    terms.client,
+                    terms.session_key,
+                    terms.token,
+                    str(terms.price),
+                    terms.max_tokens,
+                    terms.proof_interval,
+                    terms.ends_at,
+                    ts,
+                    ts,
+                ),
+            )
+            return self._select("WHERE session_id = ?", terms.session_id)[0]
+
+        return await self._run(run, time.time() if now is None else now)
+
+    async def save_receipt(
+        self, session_id: int, tokens: int, content_hash: str, signature: str
+    ) -> bool:
+        """Store a receipt if it is newer than the stored one and the session is not
+        settled. True when it was written (and is now durable)."""
+
+        def run(ts: float) -> bool:
+            cur = self._db().execute(
+                "UPDATE sessions SET receipt_tokens = ?, receipt_hash = ?, receipt_sig = ?,"
+                " last_activity = ?, updated_at = ?"
+                " WHERE session_id = ? AND receipt_tokens < ? AND state IN ('open', 'closing')",
+                (tokens, content_hash, signature, ts, ts, session_id, tokens),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(run, time.time())
+
+    async def touch(self, session_id: int) -> None:
+        def run(ts: float) -> None:
+            self._db().execute(
+                "UPDATE sessions SET last_activity = ? WHERE session_id = ?", (ts, session_id)
+            )
+
+        await self._run(run, time.time())
+
+    async def mark_closing(self, session_id: int, reason: str) -> bool:
+        """open -> closing; True if this call made the change."""
+
+        def run(ts: float) -> bool:
+            cur = self._db().execute(
+                "UPDATE sessions SET state = 'closing', close_reason = ?, closing_since = ?,"
+                " updated_at = ? WHERE session_id = ? AND state = 'open'",
+                (reason, ts, ts, session_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(run, time.time())
+
+    async def set_submitted(self, session_id: int, tokens: int) -> None:
+        """The chain is known to hold a receipt for at least `tokens`."""
+
+        def run(ts: float) -> None:
+            self._db().execute(
+                "UPDATE sessions SET submitted_tokens = MAX(submitted_tokens, ?), updated_at = ?"
+                " WHERE session_id = ?",
+                (tokens, ts, session_id),
+            )
+
+        await self._run(run, time.time())
+
+    async def mark_settled(
+        self, session_id: int, *, tx: str | None, tokens: int | None, note: str | None = None
+    ) -> None:
+        def run(ts: float) -> None:
+            self._db().execute(
+                "UPDATE sessions SET state = 'settled', settle_tx = COALESCE(?, settle_tx),"
+                " submitted_tokens = MAX(submitted_tokens, COALESCE(?, 0)),"
+                " close_reason = COALESCE(?, close_reason), updated_at = ?"
+                " WHERE session_id = ?",
+                (tx, tokens, note, ts, session_id),
+            )
+
+        await self._run(run, time.time())
+
+    async def mark_failed(self, session_id: int, reason: str, *, tx: str | None = None) -> None:
+        def run(ts: float) -> None:
+            self._db().execute(
+                "UPDATE sessions SET state = 'failed', close_reason = ?,"
+                " settle_tx = COALESCE(?, settle_tx), updated_at = ? WHERE session_id = ?",
+                (reason, tx, ts, session_id),
+            )
+
+        await self._run(run, time.time())

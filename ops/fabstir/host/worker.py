@@ -1,0 +1,328 @@
+"""`HostWorker`: the reference host process, tying engine, server, store and settlement.
+
+Start-up order: connect to the chain (and check its id), verify the model file
+against the ModelRegistry entry of the model it will announce (sha256 and
+size; a mismatch refuses to serve), open the store, load the engine, listen,
+start the settlement loop (whose first pass resumes whatever the store holds).
+
+Shutdown (SIGINT/SIGTERM, or `stop()`): stop accepting, end every connection
+with SERVICE_UNAVAILABLE (running generations are cancelled), mark every open
+session `closing`, run a final settlement pass (bounded by
+`shutdown_timeout`; what it cannot settle stays in the store for the next
+start), close the engine and the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fabstir import models
+from fabstir.chain.client import ChainClient, RetryPolicy, TxSender
+from fabstir.host.chain import HostChain, ModelStatus
+from fabstir.host.config import ConfigError, HostConfig
+from fabstir.host.engine import Engine, LlamaBatchEngine
+from fabstir.host.metrics import HostMetrics, kv
+from fabstir.host.server import HostServer, ModelInfo
+from fabstir.host.settlement import SettlementLoop
+from fabstir.host.store import SessionStore
+from fabstir.protocol.messages import PROTOCOL_VERSION
+from fabstir.protocol.receipts import Eip712Domain
+from fabstir.sdk.errors import SDKError, SDKErrorCode
+
+log = logging.getLogger(__name__)
+
+_sha_cache: dict[tuple[str, int, int], str] = {}
+
+
+class ModelVerificationError(SDKError):
+    """The model file does not match its registry entry (or there is none)."""
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) within the process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _sha_cache:
+        _sha_cache[key] = models.sha256_file(path)
+    return _sha_cache[key]
+
+
+class HostWorker:
+    """The whole worker; `await start()`, then `await stop()` (or `serve()` for both)."""
+
+    def __init__(self, config: HostConfig, *, engine: Engine | None = None) -> None:
+        self.config = config
+        self.metrics = HostMetrics()
+        self._given_engine = engine
+        self.engine: Engine | None = engine
+        self.store: SessionStore | None = None
+        self.chain: HostChain | None = None
+        self.server: HostServer | None = None
+        self.settlement: SettlementLoop | None = None
+        self.entry = models.find(config.model)
+        self.model_id = self.entry.model_id
+        self.chain_id: int | None = None
+        self.address: str | None = None
+        self._state = "new"
+        self._stop_lock = asyncio.Lock()
+
+    # -- properties
+
+    @property
+    def model_path(self) -> Path:
+        if self.config.model_path is not None:
+            return Path(self.config.model_path)
+        if self._given_engine is not None:
+            return self._given_engine.model_path
+        return models.local_path(self.entry)
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None, "the worker is not started"
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None, "the worker is not started"
+        return self.server.port
+
+    # -- start
+
+    async def start(self) -> None:
+        cfg = self.config
+        if self._state != "new":
+            raise RuntimeError("a HostWorker starts once")
+        self._state = "starting"
+        addresses = cfg.resolve_addresses()
+        client = ChainClient(
+            cfg.rpc_url,
+            addresses,
+            timeout=cfg.rpc_timeout,
+            retry=RetryPolicy(attempts=cfg.rpc_retry_attempts),
+        )
+        sender = TxSender(client, cfg.private_key)
+        chain = self.chain = HostChain(client, sender)
+        self.address = chain.address
+        chain_id = self.chain_id = await chain.chain_id()
+        if cfg.chain_id is not None and cfg.chain_id != chain_id:
+            raise ConfigError(f"the RPC serves chain {chain_id}, not the configured {cfg.chain_id}")
+        sha256 = await self.verify_model(chain)
+        if not await chain.serves_model(self.model_id):
+            log.warning(
+                kv(
+                    "host_not_registered_for_model",
+                    address=chain.address,
+                    model_id=self.model_id,
+                    hint="register (fabstir host register) or no session can name this host",
+                )
+            )
+        self.store = SessionStore(cfg.db_path)
+        await self.store.open()
+        if self.engine is None:
+            self.engine = await asyncio.to_thread(
+                LlamaBatchEngine,
+                self.model_path,
+                n_ctx=cfg.n_ctx,
+                max_sequences=cfg.max_sequences,
+                n_gpu_layers=cfg.n_gpu_layers,
+                n_threads=cfg.n_threads,
+            )
+        domain = Eip712Domain(chain_id, chain.marketplace_address)
+        settlement_box: list[SettlementLoop] = []
+        self.server = HostServer(
+            config=cfg,
+            engine=self.engine,
+            store=self.store,
+            chain=chain,
+            metrics=self.metrics,
+            domain=domain,
+            model=ModelInfo(
+                model_id=self.model_id,
+                name=self.entry.key,
+                file=self.entry.file,
+                sha256=sha256,
+                n_ctx=self.engine.n_ctx,
+            ),
+            health=self.health,
+            refresh_metrics=self._refresh_metrics,
+            on_session_closing=lambda: settlement_box[0].wake() if settlement_box else None,
+        )
+        self.settlement = SettlementLoop(
+            store=self.store,
+            chain=chain,
+            metrics=self.metrics,
+            hooks=self.server,
+            interval=cfg.settlement_interval,
+            poll_interval=cfg.chain_poll_interval,
+            coalesce=cfg.settlement_coalesce,
+            idle_timeout=cfg.idle_session_timeout,
+            expiry_margin=cfg.expiry_margin,
+        )
+        settlement_box.append(self.settlement)
+        await self.server.start()
+        counts = await self.store.counts()
+        self.settlement.start()
+        self._state = "running"
+        log.info(
+            kv(
+                "ready",
+                url=self.server.url,
+                public_url=cfg.public_url,
+                address=chain.address,
+                chain_id=chain_id,
+                marketplace=chain.marketplace_address,
+                model=self.entry.key,
+                model_id=self.model_id,
+                open=counts["open"],
+                closing=counts["closing"],
+            )
+        )
+
+    async def verify_model(self, chain: HostChain) -> str:
+        """Check the model file against the registry entry of the announced model;
+        return its sha256. Raises ModelVerificationError."""
+        entry = await chain.model(self.model_id)
+        if entry is None:
+            raise ModelVerificationError(
+                SDKErrorCode.MODEL_NOT_FOUND,
+                f"model {self.entry.repo}/{self.entry.file} ({self.model_id}) is not in the "
+                "ModelRegistry",
+            )
+        path = self.model_path
+        if not path.is_file():
+            raise ModelVerificationError(
+                SDKErrorCode.MODEL_VALIDATION_FAILED,
+                f"model file {path} does not exist; run `fabstir models fetch`",
+            )
+        sha256 = await asyncio.to_thread(file_sha256, path)
+        size = path.stat().st_size
+        if sha256 != entry.sha256 or size != entry.size:
+            log.error(
+                kv(
+                    "model_hash_mismatch",
+                    path=str(path),
+                    sha256=sha256,
+                    registry_sha256=entry.sha256,
+                    size=size,
+                    registry_size=entry.size,
+                )
+            )
+            raise ModelVerificationError(
+                SDKErrorCode.INVALID_MODEL_HASH,
+                f"{path} (sha256 {sha256}, {size} bytes) does not match the registry entry "
+                f"of {self.model_id} (sha256 {entry.sha256}, {entry.size} bytes); refusing to serve",
+            )
+        if entry.status != ModelStatus.APPROVED:
+            log.warning(
+                kv("model_not_approved", model_id=self.model_id, status=entry.status.name.lower())
+            )
+        log.info(kv("model_verified", path=str(path), sha256=sha256, model_id=self.model_id))
+        return sha256
+
+    # -- stop
+
+    async def stop(self) -> None:
+        """Graceful shutdown (idempotent); see the module docstring."""
+        async with self._stop_lock:
+            if self._state in ("stopped", "new"):
+                self._state = "stopped"
+                return
+            self._state = "stopping"
+            log.info(kv("shutting_down"))
+            if self.server is not None:
+                await self.server.shutdown()
+            if self.settlement is not None:
+                await self.settlement.stop()
+            if self.store is not None and self.settlement is not None:
+                for rec in await self.store.by_state("open"):
+                    await self.store.mark_closing(rec.session_id, "shutdown")
+                done = await self.settlement.final_pass(self.config.shutdown_timeout)
+                left = len(await self.store.by_state("closing"))
+                log.log(
+                    logging.INFO if done else logging.WARNING,
+                    kv("final_settlement", done=done, still_closing=left),
+                )
+            if self.engine is not None and self._given_engine is None:
+                await self.engine.aclose()
+            if self.store is not None:
+                await self.store.close()
+            self._state = "stopped"
+            log.info(kv("stopped"))
+
+    # -- observability
+
+    async def health(self) -> dict[str, Any]:
+        store, settlement, server = self.store, self.settlement, self.server
+        counts = await store.counts() if store is not None else {}
+        lag = await settlement.lag() if settlement is not None else 0.0
+        degraded = settlement is not None and settlement.last_error is not None
+        return {
+            "status": "ok"
+            if self._state == "running" and not degraded
+            else ("degraded" if self._state == "running" else self._state),
+            "protocol_version": PROTOCOL_VERSION,
+            "model": self.entry.key,
+            "model_file": self.entry.file,
+            "model_id": self.model_id,
+            "chain_id": self.chain_id,
+            "address": self.address,
+            "marketplace": self.chain.marketplace_address if self.chain else None,
+            "public_url": self.config.public_url,
+            "sessions": {
+                "open": counts.get("open", 0),
+                "closing": counts.get("closing", 0),
+                "settled": counts.get("settled", 0),
+                "failed": counts.get("failed", 0),
+                "connected": sum(1 for s in server.sessions.values() if s.owner is not None)
+                if server is not None
+                else 0,
+            },
+            "connections": len(server.connections) if server is not None else 0,
+            "settlement": {
+                "lag_seconds": round(lag, 3),
+                "last_success": settlement.last_success if settlement else None,
+                "last_error": settlement.last_error if settlement else None,
+            },
+            "uptime_seconds": round(time.time() - self.metrics.started, 3),
+        }
+
+    async def _refresh_metrics(self) -> None:
+        if self.settlement is not None:
+            await self.settlement.refresh_gauges()
+
+
+async def serve(
+    config: HostConfig,
+    *,
+    engine: Engine | None = None,
+    on_ready: Callable[[HostWorker], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a worker until SIGINT/SIGTERM (or `stop` is set), then shut it down gracefully.
+
+    This is what `python -m fabstir.host` and `fabstir host serve` call.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    worker = HostWorker(config, engine=engine)
+    try:
+        await worker.start()
+        if on_ready is not None:
+            on_ready(worker)
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await worker.stop()
