@@ -419,17 +419,41 @@ class SessionManager:
             await self._connect(live)
 
     async def _hand_over_receipt(self, live: _Live) -> None:
-        """Make sure the host has the newest receipt (best effort, brief)."""
+        """Make sure the host has the newest receipt (best effort, a few seconds).
+
+        An acknowledgement may still be on its way, so wait for it briefly before
+        sending the receipt again (a duplicate only earns a STALE_RECEIPT frame)."""
         ws, last = live.ws, live.last_receipt
-        if ws is None or not ws.connected or last is None or live.acked >= last.tokens_used:
+        if ws is None or not ws.connected or last is None:
+            return
+        deadline = time.monotonic() + 5.0
+        resent = False
+        while live.acked < last.tokens_used and time.monotonic() < deadline:
+            try:
+                msg = await ws.receive(0.5)
+            except SDKError as exc:
+                if exc.code is not SDKErrorCode.WEBSOCKET_MESSAGE_FAILED or resent:
+                    return  # disconnected, or the host will not acknowledge
+                await ws.send(ReceiptMessage.from_receipt(last))
+                resent = True
+                continue
+            if isinstance(msg, ReceiptAck):
+                live.acked = max(live.acked, msg.tokens)
+
+    async def _say_goodbye(self, live: _Live) -> None:
+        """Send `close` and let the host hang up once it has recorded it (it closes
+        the connection after marking the session for settlement)."""
+        ws = live.ws
+        if ws is None:
             return
         with contextlib.suppress(SDKError):
-            await ws.send(ReceiptMessage.from_receipt(last))
-            deadline = time.monotonic() + 5.0
-            while live.acked < last.tokens_used and time.monotonic() < deadline:
-                msg = await ws.receive(max(0.01, deadline - time.monotonic()))
-                if isinstance(msg, ReceiptAck):
-                    live.acked = max(live.acked, msg.tokens)
+            if ws.connected:
+                await ws.send(Close(session_id=live.info.session_id))
+                deadline = time.monotonic() + 5.0
+                while time.monotonic() < deadline:
+                    await ws.receive(max(0.05, deadline - time.monotonic()))
+        await ws.close()
+        live.ws = None
 
     # ------------------------------------------------------------- complete
 
@@ -443,12 +467,7 @@ class SessionManager:
         jobs = self._sdk.get_session_job_manager()
         async with live.lock:
             await self._hand_over_receipt(live)
-            if live.ws is not None and live.ws.connected:
-                with contextlib.suppress(SDKError):
-                    await live.ws.send(Close(session_id=session_id))
-            if live.ws is not None:
-                await live.ws.close()
-                live.ws = None
+            await self._say_goodbye(live)
             live.completed = True
             await self._save(live)
             cid = None
