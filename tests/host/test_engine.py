@@ -61,8 +61,8 @@ def engine(model_path: Path) -> Iterator[LlamaBatchEngine]:
 
 @pytest.fixture(scope="module")
 def two_slots(model_path: Path) -> Iterator[LlamaBatchEngine]:
-    """An engine with room for only two sequences at a time."""
-    eng = LlamaBatchEngine(model_path, n_ctx=512, max_sequences=2)
+    """An engine with room for only two sequences at a time, prefilling 32 tokens a step."""
+    eng = LlamaBatchEngine(model_path, n_ctx=512, max_sequences=2, prefill_chunk=32)
     yield eng
     eng.close()
 
@@ -107,6 +107,23 @@ def test_concurrent_streams_equal_their_solo_runs(engine: LlamaBatchEngine) -> N
         )
 
     assert [text for text, _, _ in run(together())] == alone
+
+
+def test_chunked_prefill_next_to_a_decoding_stream(two_slots: LlamaBatchEngine) -> None:
+    """A prompt prefilled 32 tokens a step, between another stream's decode steps, gives
+    exactly its solo answer, and so does the other stream."""
+    long_prompt = "Summarise this: " + " ".join(PROMPTS * 4)
+    want_long = solo(two_slots, long_prompt, max_tokens=12)
+    want_short = solo(two_slots, PROMPTS[0], max_tokens=40)
+
+    async def main() -> list[tuple[str, int, str | None]]:
+        short = asyncio.create_task(collect(two_slots.generate(user(PROMPTS[0]), max_tokens=40)))
+        await asyncio.sleep(0.2)  # the short one is decoding by now
+        long = collect(two_slots.generate(user(long_prompt), max_tokens=12))
+        return [await long, await short]
+
+    assert two_slots.count_prompt_tokens(user(long_prompt)) > 3 * 32
+    assert [text for text, _, _ in run(main())] == [want_long, want_short]
 
 
 def test_max_tokens_is_respected(engine: LlamaBatchEngine) -> None:
@@ -160,7 +177,7 @@ def test_event_loop_stays_responsive(engine: LlamaBatchEngine) -> None:
         assert len(gaps) > 20
         return max(gaps)
 
-    assert run(main()) < 0.1
+    assert run(main()) < 0.25  # generous for a shared CI box; blocking would be ~1 s
 
 
 # ----------------------------------------------------------------------- cancellation

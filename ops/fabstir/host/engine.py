@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length"]
 
+# Largest CPU micro-batch below ggml-cpu's tiled flash-attention threshold (64 rows).
+_CPU_INVARIANT_UBATCH = 63
+
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
@@ -426,9 +429,9 @@ class _Worker:
         self._waiting: deque[_Request] = deque()
         self._active: list[_Active] = []
         self._clock = itertools.count(1)
-        # Chunks are handed to consumers' loops just before the next llama_decode, which
-        # releases the GIL: the loop thread then runs while the worker waits on llama.cpp
-        # instead of the worker waiting for the GIL while the loop handles the chunk.
+        # Chunks are handed to consumers' loops at the start of the next step, just before
+        # llama_decode releases the GIL, so the loop thread mostly handles them while the
+        # worker waits on llama.cpp, not while it samples.
         self._outbox: list[tuple[_Request, TokenChunk | BaseException]] = []
 
     # -- any thread
@@ -531,6 +534,7 @@ class _Worker:
     def _step(self) -> None:
         """One llama_decode: the next token of every decoding sequence, then as much of the
         waiting prompts as the prefill budget allows."""
+        self._flush()  # first: a consumer found gone here is released before batching
         feeds = [(act, act.pending) for act in self._active if act.decoding]
         budget = self._prefill_chunk
         for act in self._active:
@@ -542,7 +546,6 @@ class _Worker:
             act.pending = act.pending[len(chunk) :]
             batch.append((act.slot.seq_id, len(act.slot.tokens), chunk, not act.pending))
             act.slot.tokens.extend(chunk)
-        self._flush()
         try:
             rows = self._rt.decode(batch)
         except EngineError as exc:
@@ -675,12 +678,14 @@ class LlamaBatchEngine:
     stay in its slot under its cache_key (least recently used evicted first) so the next
     turn of that conversation only prefills what follows the common prefix.
 
-    n_ubatch < 64 keeps results batch-invariant on the CPU: from 64 query rows per
+    Defaults: all layers on the GPU when the build can offload, flash attention where
+    the backend has it (flash_attn=None), one thread per available core. On the CPU
+    n_ubatch defaults to 63 to keep results batch-invariant: from 64 query rows per
     micro-batch ggml-cpu's flash attention takes a tiled kernel that sums in another
-    order, so the same prompt would give slightly different logits depending on how it
-    was chunked or batched, or whether its prefix came from the cache. Below that,
-    concurrent, chunked and cache-reusing runs give exactly the solo output. (GPU
-    kernels make no such promise; raise n_ubatch there for prefill speed.)
+    order, so a prompt would get slightly different logits depending on how it was
+    chunked or batched, or whether its prefix came from the cache. Below that,
+    concurrent, chunked and cache-reusing runs give exactly the solo output (for ~12%
+    slower prefill). GPU kernels make no such promise, so there n_ubatch = n_batch.
     """
 
     def __init__(
@@ -690,20 +695,22 @@ class LlamaBatchEngine:
         n_ctx: int = 2048,
         max_sequences: int = 8,
         n_batch: int = 512,
-        n_ubatch: int = 63,
+        n_ubatch: int | None = None,
         prefill_chunk: int = 256,
         n_threads: int | None = None,
-        flash_attn: bool | None = True,
+        flash_attn: bool | None = None,
         n_gpu_layers: int | None = None,
         prefix_cache: bool = True,
         verbose: bool = False,
     ) -> None:
-        if max_sequences < 1 or n_batch <= max_sequences:
-            raise ValueError("need max_sequences >= 1 and n_batch > max_sequences")
+        if max_sequences < 1 or n_batch <= max_sequences or prefill_chunk < 1:
+            raise ValueError("need max_sequences >= 1, n_batch > max_sequences, prefill_chunk >= 1")
         # Same switch as Llama(verbose=...): llama.cpp's own log lines go to stderr.
         logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
         if n_gpu_layers is None:
             n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        if n_ubatch is None:
+            n_ubatch = _CPU_INVARIANT_UBATCH if n_gpu_layers == 0 else n_batch
         self._path = Path(model_path)
         self._rt = _Runtime(
             self._path,
