@@ -29,6 +29,9 @@ from fabstir.host.config import HostConfig, Limits
 )
 @click.option("--n-gpu-layers", type=int, default=None, help="Default: all when built with CUDA.")
 @click.option("--max-sequences", type=int, default=8, show_default=True)
+@click.option(
+    "--n-threads", type=int, default=None, help="CPU threads (default: all usable cores)."
+)
 @click.option("--n-ctx", type=int, default=2048, show_default=True)
 @click.option("--settlement-interval", type=float, default=30.0, show_default=True)
 @click.option("--max-tokens-per-request", type=int, default=Limits().max_tokens_per_request)
@@ -43,6 +46,7 @@ def serve(
     db: Path,
     n_gpu_layers: int | None,
     max_sequences: int,
+    n_threads: int | None,
     n_ctx: int,
     settlement_interval: float,
     max_tokens_per_request: int,
@@ -79,6 +83,7 @@ def serve(
         system_prompt=system_prompt,
         n_ctx=n_ctx,
         max_sequences=max_sequences,
+        n_threads=n_threads,
         n_gpu_layers=n_gpu_layers,
     )
 

@@ -473,7 +473,7 @@ class SessionManager:
             cid = None
             if live.messages:
                 cid = await self._sdk.get_storage_manager().store_conversation(
-                    session_id, live.messages
+                    self._storage_id(session_id), live.messages
                 )
         info = await self._wait_settled(session_id, settle_timeout)
         close_tx = None
@@ -551,6 +551,12 @@ class SessionManager:
             )
         return live
 
+    def _storage_id(self, session_id: int) -> str:
+        """Where a session's records live in the wallet's storage. Session ids restart
+        at 1 in every deployment, so the chain and marketplace are part of the name."""
+        domain = self._sdk.receipt_domain()
+        return f"{domain.chain_id}:{domain.verifying_contract.lower()}:{session_id}"
+
     async def _save(self, live: _Live) -> None:
         last = live.last_receipt
         record = {
@@ -563,13 +569,13 @@ class SessionManager:
             "completed": live.completed,
         }
         await self._sdk.get_storage_manager().store_session_metadata(
-            live.info.session_id, {"client_state": record}
+            self._storage_id(live.info.session_id), {"client_state": record}
         )
 
     async def _load(self, session_id: int) -> _Live:
         storage = self._sdk.get_storage_manager()
         try:
-            meta = await storage.retrieve_session_metadata(session_id)
+            meta = await storage.retrieve_session_metadata(self._storage_id(session_id))
             state = meta["client_state"]
         except (SDKError, KeyError, TypeError) as exc:
             raise SDKError(
