@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -253,6 +254,154 @@ def engine_table(res: dict[str, Any]) -> str:
     return table([f"engine (max_tokens={res['max_tokens']})", "bare", "engine", ""], rows)
 
 
+# ------------------------------------------------------------------ worker section
+
+
+async def _worker_numbers(levels: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """The same prompts through the whole stack: the worker as its own process (as a
+    host runs it) on a local chain, SDK clients in this process over WebSocket signing
+    receipts as chunks arrive (proof interval 32, so receipts flow during answers)."""
+    import shutil
+    import tempfile
+
+    from fabstir.chain.local import LocalChain, free_port, test_private_key
+    from fabstir.demo import CLIENT, HOST, deploy_and_seed, register_host, sdk_for
+
+    workdir = Path(tempfile.mkdtemp(prefix="fabstir-bench-"))
+    chain = LocalChain(workdir / "chain")
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        info = chain.up(persist=False)
+        chain_id = await asyncio.to_thread(deploy_and_seed, info.rpc_url, workdir / "deployments")
+        entry = models.find()
+        url = f"ws://127.0.0.1:{free_port()}"
+        host_sdk = sdk_for(HOST, info.rpc_url, chain_id, workdir)
+        await asyncio.to_thread(register_host, host_sdk, entry.model_id, url)
+        key_file = workdir / "host.key"
+        key_file.write_text(test_private_key(HOST))
+        port = url.rsplit(":", 1)[1]
+        cmd = [
+            sys.executable, "-m", "fabstir.host", "--rpc-url", info.rpc_url,
+            "--chain-id", str(chain_id), "--deployments-dir", str(workdir / "deployments"),
+            "--key-file", str(key_file), "--port", port, "--db", str(workdir / "host.db"),
+            "--max-sequences", str(max(levels)), "--max-tokens-per-request", str(args.max_tokens),
+            "--prompts-per-minute", "10000", "--system-prompt", "", "--log-level", "WARNING",
+        ]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 60
+        while not _listening(int(port)):
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError("the host worker did not start")
+            await asyncio.sleep(0.1)
+        client = sdk_for(CLIENT, info.rpc_url, chain_id, workdir)
+        await asyncio.to_thread(client.get_payment_manager().deposit, "20", "USDC")
+        sessions = client.get_session_manager()
+        terms = {"deposit_amount": "1.0", "price_per_token": 200, "proof_interval": 32}
+        ids = []
+        for _ in range(max(levels)):
+            started = await sessions.start_session(entry.model_id, host_sdk.address, terms, url)
+            ids.append(started.session_id)
+
+        # The one-time cost per connection: the host checks the session on chain and
+        # the session-key signature (measured as a reconnect, no transaction).
+        checks = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            await sessions.resume_session(ids[0])
+            checks.append(time.perf_counter() - t0)
+
+        async def one(sid: int, prompt: str) -> Run:
+            t0 = time.perf_counter()
+            first = 0.0
+            async for _chunk in sessions.send_prompt_streaming(
+                sid, prompt, max_tokens=args.max_tokens
+            ):
+                if not first:
+                    first = time.perf_counter() - t0
+            total = time.perf_counter() - t0
+            return Run(first, total, 0, "")
+
+        out: dict[str, Any] = {"session_check_s": min(checks)}
+        solo = []
+        for _ in range(args.reps):
+            wait_quiet(args.settle)
+            before = sessions.tokens_received(ids[0])
+            run = await one(ids[0], PROMPTS[0])
+            tokens = sessions.tokens_received(ids[0]) - before
+            solo.append(
+                (run.ttft, tokens / (run.total - run.ttft) if run.total > run.ttft else 0.0, tokens)
+            )
+        ttft, tps, tokens = min(solo, key=lambda r: r[0])[0], max(r[1] for r in solo), solo[0][2]
+        out["single"] = {"ttft_s": ttft, "decode_tps": tps, "tokens": tokens}
+        agg = {}
+        for n in levels:
+            wait_quiet(args.settle)
+            before = [sessions.tokens_received(i) for i in ids[:n]]
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(ids[i], PROMPTS[i]) for i in range(n)))
+            wall = time.perf_counter() - t0
+            got = sum(sessions.tokens_received(i) - b for i, b in zip(ids[:n], before, strict=True))
+            agg[str(n)] = got / wall
+        out["aggregate_tps"] = agg
+        results = await asyncio.gather(*(sessions.complete_session(i) for i in ids))
+        out["settled"] = all(r.settled_by_host for r in results)
+        return out
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 60)
+        chain.down()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def worker_table(res: dict[str, Any], bare: dict[str, Any]) -> str:
+    w = res["single"]
+    ratio = w["decode_tps"] / bare["decode_tps"] if bare["decode_tps"] else 0.0
+    overhead_ms = (w["ttft_s"] - bare["ttft_s"]) * 1000
+    one = res["aggregate_tps"]["1"]
+    rows = [
+        [
+            "decode tok/s, 1 session",
+            f"{bare['decode_tps']:.1f}",
+            f"{w['decode_tps']:.1f}",
+            f"{ratio:.1%} of bare (>= 95%)",
+        ],
+        [
+            "time to first token, s",
+            f"{bare['ttft_s']:.3f}",
+            f"{w['ttft_s']:.3f}",
+            f"{overhead_ms:+.1f} ms (<= +25 ms)",
+        ],
+        [
+            "session check (once), s",
+            "",
+            f"{res['session_check_s']:.3f}",
+            "on-chain check + key proof",
+        ],
+    ]
+    for n, tps in res["aggregate_tps"].items():
+        rows.append(
+            [f"aggregate tok/s, {n} sessions", "", f"{tps:.1f}", f"{tps / one:.2f}x one session"]
+        )
+    rows.append(["all sessions settled by host", "", str(res["settled"]), ""])
+    res["targets"] = {
+        "single_ratio": ratio, "single_ok": ratio >= TARGET_RATIO_SINGLE,
+        "ttft_overhead_ms": overhead_ms, "ttft_ok": overhead_ms <= 25.0,
+        "scale_at_4": res["aggregate_tps"].get("4", 0.0) / one if one else 0.0,
+    }  # fmt: skip
+    return table(["worker (WebSocket + receipts)", "bare", "worker", ""], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -262,6 +411,7 @@ def main() -> None:
         "--settle", type=float, default=20.0,
         help="seconds to wait at most for an idle CPU before each timed run (0: do not wait)",
     )  # fmt: skip
+    parser.add_argument("--no-worker", action="store_true", help="engine section only")
     args = parser.parse_args()
     if args.quick:
         args.max_tokens, args.reps = min(args.max_tokens, 32), 1
@@ -273,6 +423,11 @@ def main() -> None:
     results["engine"]["targets"] = targets(results["engine"])
     results["machine"]["loadavg_1m"] = [load_before, os.getloadavg()[0]]
     print(engine_table(results["engine"]))
+    if not args.no_worker:
+        levels = [1, 2, 4] if args.quick else [1, 2, 4, 8]
+        results["worker"] = asyncio.run(_worker_numbers(levels, args))
+        print()
+        print(worker_table(results["worker"], results["engine"]["bare"]))
     print(f"\nload average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     print(f"wrote {save('host', results)}")
 

@@ -147,7 +147,7 @@ class _Phases:
         self.report.phases[name] = round(time.perf_counter() - start, 3)
 
 
-def _deploy_and_seed(rpc_url: str, out_dir: Path) -> int:
+def deploy_and_seed(rpc_url: str, out_dir: Path) -> int:
     """Deploy, wire, verify and seed through ape, attached to our anvil. Returns the
     chain id. Runs before the event loop starts: ape is synchronous."""
     # ape-foundry attaches to a running anvil when this is set, instead of starting one.
@@ -214,45 +214,21 @@ async def run_demo(options: DemoOptions, ui: DemoUI | None = None) -> DemoReport
 
         with phase("deploy", "deploying, wiring and seeding the contracts"):
             report.chain_id = await asyncio.to_thread(
-                _deploy_and_seed, info.rpc_url, workdir / "deployments"
+                deploy_and_seed, info.rpc_url, workdir / "deployments"
             )
 
         from fabstir.host.config import HostConfig
         from fabstir.host.worker import HostWorker, serve
-        from fabstir.sdk.config import SDKConfig
-        from fabstir.sdk.sdk import FabstirSDK
 
-        def sdk_for(index: int) -> FabstirSDK:
-            sdk = FabstirSDK(
-                SDKConfig(
-                    rpc_url=info.rpc_url,
-                    chain_id=report.chain_id,
-                    deployments_dir=workdir / "deployments",
-                    storage_url=str(workdir / f"storage-{index}"),
-                )
-            )
-            sdk.authenticate(test_private_key(index))
-            return sdk
+        def sdk(index: int) -> Any:
+            return sdk_for(index, info.rpc_url, report.chain_id, workdir)
 
-        host_sdk, client_sdk, treasurer_sdk = sdk_for(HOST), sdk_for(CLIENT), sdk_for(DEPLOYER)
+        host_sdk, client_sdk, treasurer_sdk = sdk(HOST), sdk(CLIENT), sdk(DEPLOYER)
         port = _free_port()
         report.host_url = f"ws://127.0.0.1:{port}"
 
         with phase("register", "host stakes FAB and registers the model"):
-            tx = await asyncio.to_thread(
-                host_sdk.get_host_manager().register_host_with_models,
-                {
-                    "metadata": {
-                        "hardware": {"gpu": "none (CPU)", "vram": 0, "ram": 0},
-                        "capabilities": ["chat", "streaming"],
-                        "location": "local",
-                        "max_concurrent": 8,
-                    },
-                    "supported_models": [entry.model_id],
-                    "api_url": report.host_url,
-                    "min_prices": {"USDC": PRICE_PER_TOKEN},
-                },
-            )
+            tx = await asyncio.to_thread(register_host, host_sdk, entry.model_id, report.host_url)
             _record(report, host_sdk, "host register (stake + models)", tx)
 
         with phase("serve", "host worker loads the model and starts serving"):
@@ -347,6 +323,41 @@ async def run_demo(options: DemoOptions, ui: DemoUI | None = None) -> DemoReport
         chain.down()
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def sdk_for(index: int, rpc_url: str, chain_id: int, workdir: Path) -> Any:
+    """An SDK signing as test account `index`, on the demo's chain and deployment."""
+    from fabstir.sdk.config import SDKConfig
+    from fabstir.sdk.sdk import FabstirSDK
+
+    sdk = FabstirSDK(
+        SDKConfig(
+            rpc_url=rpc_url,
+            chain_id=chain_id,
+            deployments_dir=workdir / "deployments",
+            storage_url=str(workdir / f"storage-{index}"),
+        )
+    )
+    sdk.authenticate(test_private_key(index))
+    return sdk
+
+
+def register_host(host_sdk: Any, model_id: str, url: str) -> str:
+    """Stake FAB and register `url` serving `model_id` at the demo's USDC price."""
+    tx: str = host_sdk.get_host_manager().register_host_with_models(
+        {
+            "metadata": {
+                "hardware": {"gpu": "none (CPU)", "vram": 0, "ram": 0},
+                "capabilities": ["chat", "streaming"],
+                "location": "local",
+                "max_concurrent": 8,
+            },
+            "supported_models": [model_id],
+            "api_url": url,
+            "min_prices": {"USDC": PRICE_PER_TOKEN},
+        }
+    )
+    return tx
 
 
 def _address(sdk: Any) -> str:
