@@ -285,7 +285,8 @@ async def _worker_numbers(levels: list[int], args: argparse.Namespace) -> dict[s
             "--chain-id", str(chain_id), "--deployments-dir", str(workdir / "deployments"),
             "--key-file", str(key_file), "--port", port, "--db", str(workdir / "host.db"),
             "--max-sequences", str(max(levels)), "--max-tokens-per-request", str(args.max_tokens),
-            "--prompts-per-minute", "10000", "--system-prompt", "", "--log-level", "WARNING",
+            "--prompts-per-minute", "10000", "--max-connections-per-ip", "64",
+            "--system-prompt", "", "--log-level", "WARNING",
         ]  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
