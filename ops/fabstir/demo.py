@@ -243,6 +243,8 @@ async def run_demo(options: DemoOptions, ui: DemoUI | None = None) -> DemoReport
                 public_url=report.host_url,
                 db_path=workdir / "host.db",
                 settlement_interval=1.0,
+                # One session: nothing to gather into a batch, settle at once.
+                settlement_coalesce=0.1,
             )
             worker_task = asyncio.create_task(
                 serve(config, on_ready=ready.set_result, stop=stop_worker), name="host-worker"
