@@ -455,78 +455,56 @@ def _set(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     return callback
 
 
-def common_options(func: F) -> F:
-    """--network/--account/--json/--yes on a command (they override the main
-    group's, so `fabstir --json balance` and `fabstir balance --json` both work)."""
-    decorators = [
-        click.option(
-            "--network",
-            metavar="NETWORK",
-            expose_value=False,
-            callback=_set("network_spec"),
-            help="local (default), base-sepolia, or an http(s):// RPC URL.",
-        ),
-        click.option(
-            "--account",
-            metavar="ACCOUNT",
-            expose_value=False,
-            callback=_set("account_spec"),
-            help=f"test:N (local chains), an ape account alias, or none for ${ENV_KEY_FILE}.",
-        ),
-        click.option(
-            "--json",
-            "json_flag",
-            is_flag=True,
-            expose_value=False,
-            callback=_set("json"),
-            help="One JSON document on stdout.",
-        ),
-        click.option(
-            "--yes",
-            "-y",
-            is_flag=True,
-            expose_value=False,
-            callback=_set("yes"),
-            help="Do not ask before sending on a live network.",
-        ),
-    ]
+# Each shared option is declared once; the decorators below pick what a command takes.
+_NETWORK = click.option(
+    "--network",
+    metavar="NETWORK",
+    expose_value=False,
+    callback=_set("network_spec"),
+    help="local (default), base-sepolia, or an http(s):// RPC URL.",
+)
+_ACCOUNT = click.option(
+    "--account",
+    metavar="ACCOUNT",
+    expose_value=False,
+    callback=_set("account_spec"),
+    help=f"test:N (local chains), an ape account alias, or none for ${ENV_KEY_FILE}.",
+)
+_JSON = click.option(
+    "--json",
+    "json_flag",
+    is_flag=True,
+    expose_value=False,
+    callback=_set("json"),
+    help="One JSON document on stdout.",
+)
+_YES = click.option(
+    "--yes",
+    "-y",
+    is_flag=True,
+    expose_value=False,
+    callback=_set("yes"),
+    help="Do not ask before sending on a live network.",
+)
+
+
+def _apply(func: F, *decorators: Callable[[F], F]) -> F:
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
+
+
+def common_options(func: F) -> F:
+    """--network/--account/--json/--yes on a command (they override the main
+    group's, so `fabstir --json balance` and `fabstir balance --json` both work)."""
+    return _apply(func, _NETWORK, _ACCOUNT, _JSON, _YES)
 
 
 def read_options(func: F) -> F:
     """--network/--json only (commands that neither sign nor send)."""
-    decorators = [
-        click.option(
-            "--network",
-            metavar="NETWORK",
-            expose_value=False,
-            callback=_set("network_spec"),
-            help="local (default), base-sepolia, or an http(s):// RPC URL.",
-        ),
-        click.option(
-            "--json",
-            "json_flag",
-            is_flag=True,
-            expose_value=False,
-            callback=_set("json"),
-            help="One JSON document on stdout.",
-        ),
-    ]
-    for decorator in reversed(decorators):
-        func = decorator(func)
-    return func
+    return _apply(func, _NETWORK, _JSON)
 
 
 def json_option(func: F) -> F:
     """--json only (offline commands)."""
-    decorated: F = click.option(
-        "--json",
-        "json_flag",
-        is_flag=True,
-        expose_value=False,
-        callback=_set("json"),
-        help="One JSON document on stdout.",
-    )(func)
-    return decorated
+    return _apply(func, _JSON)

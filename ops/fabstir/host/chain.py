@@ -21,31 +21,17 @@ from web3.logs import DISCARD
 from fabstir.chain.client import ChainClient, ChainError, TxSender
 from fabstir.protocol.receipts import expected_receipt_signer, same_address
 from fabstir.sdk.errors import SDKError, SDKErrorCode
+from fabstir.sdk.types import ReceiptOutcome, SessionStatus
 
 log = logging.getLogger(__name__)
 
 ZERO_HASH: Final = "0x" + "00" * 32
 
 
-class Status(IntEnum):
-    """JobMarketplace.Status."""
-
-    NONE = 0
-    ACTIVE = 1
-    CLOSING = 2
-    SETTLED = 3
-
-
-class Outcome(IntEnum):
-    """JobMarketplace.Outcome (settleBatch per item, BatchItemSkipped reason)."""
-
-    OK = 0
-    UNKNOWN_SESSION = 1
-    NOT_OPEN = 2
-    NOT_HOST = 3
-    STALE_RECEIPT = 4
-    EXCEEDS_DEPOSIT = 5
-    BAD_SIGNATURE = 6
+# JobMarketplace.Status and .Outcome (settleBatch per item, BatchItemSkipped reason):
+# one definition each, shared with the SDK.
+Status = SessionStatus
+Outcome = ReceiptOutcome
 
 
 class ModelStatus(IntEnum):
