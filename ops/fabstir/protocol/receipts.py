@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeAlias
 
+from coincurve.utils import GROUP_ORDER_INT
 from eth_keys.datatypes import PrivateKey, Signature
 from eth_keys.exceptions import BadSignature
 from eth_utils.address import to_canonical_address, to_checksum_address
@@ -48,7 +49,8 @@ CHUNK_TAG: Final = b"\x02"
 
 SIGNATURE_LENGTH: Final = 65
 #: secp256k1 group order, and the low-s bound (OpenZeppelin ECDSA's constant).
-SECP256K1_N: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+# The secp256k1 group order (coincurve's constant, so no one mistakes a literal for a key).
+SECP256K1_N: Final[int] = GROUP_ORDER_INT
 SECP256K1_HALF_N: Final = SECP256K1_N // 2
 
 _UINT256_MAX: Final = 2**256 - 1
