@@ -92,24 +92,25 @@ class Bench:
         r = self.signer.sign(sid, tokens, b"\x22" * 32)
         return tokens, bytes.fromhex(r.content_hash[2:]), r.signature_bytes
 
+    def _open(self, client: Any) -> Any:
+        """The standard session: 1 USDC at 200 per token, 1 h, proof interval 100."""
+        return self.sys.marketplace.createSessionFromWallet(
+            self.host,
+            self.model,
+            self.sys.usdc,
+            DEPOSIT,
+            PRICE,
+            DURATION,
+            PROOF_INTERVAL,
+            self.key.address,
+            sender=client,
+        )
+
     def lifecycle(self, label: str, client: Any, receipts: int, fold_last: bool = False) -> Run:
         s, run = self.sys, Run(label)
         mp = s.marketplace
         run.add("USDC approve", s.usdc.approve(mp, DEPOSIT, sender=client))
-        run.add(
-            "createSessionFromWallet",
-            mp.createSessionFromWallet(
-                self.host,
-                self.model,
-                s.usdc,
-                DEPOSIT,
-                PRICE,
-                DURATION,
-                PROOF_INTERVAL,
-                self.key.address,
-                sender=client,
-            ),
-        )
+        run.add("createSessionFromWallet", self._open(client))
         sid = int(mp.sessionCount())
         plain = receipts - 1 if fold_last else receipts
         for i in range(1, plain + 1):
@@ -139,17 +140,7 @@ class Bench:
         for i in range(n):
             client = self.clients[i % len(self.clients)]
             s.usdc.approve(mp, DEPOSIT, sender=client)
-            mp.createSessionFromWallet(
-                self.host,
-                self.model,
-                s.usdc,
-                DEPOSIT,
-                PRICE,
-                DURATION,
-                PROOF_INTERVAL,
-                self.key.address,
-                sender=client,
-            )
+            self._open(client)
             ids.append(int(mp.sessionCount()))
         items = [(sid, *self._sig(sid, 150)) for sid in ids]
         receipt = mp.settleBatch(items, sender=self.host)
