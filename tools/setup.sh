@@ -18,7 +18,7 @@ stamp=.venv/.requirements.sha
 want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   step "installing Python dependencies (llama-cpp-python builds from source the first time: ~6 min)"
-  .venv/bin/pip install -q --upgrade pip wheel
+  .venv/bin/pip install -q pip==26.3 wheel==0.45.1
   .venv/bin/pip install -q -r requirements.lock
   .venv/bin/pip install -q --no-deps -e .
   echo "$want" > "$stamp"
