@@ -12,7 +12,18 @@ from typing import Any
 import click
 
 from fabstir import __version__
-from fabstir.cli import chain, demo, deploy, host, models, serve, session, treasury, wallet
+from fabstir.cli import (
+    chain,
+    demo,
+    deploy,
+    gateway,
+    host,
+    models,
+    serve,
+    session,
+    treasury,
+    wallet,
+)
 from fabstir.cli.context import (
     ENV_ACCOUNT,
     ENV_NETWORK,
@@ -121,3 +132,4 @@ main.add_command(treasury.treasury)
 
 host.host.add_command(serve.serve)
 main.add_command(demo.demo)
+main.add_command(gateway.gateway)

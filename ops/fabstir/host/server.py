@@ -600,10 +600,11 @@ class Connection:
                 msg.id,
             )
             return
-        if len(msg.text) > self.limits.max_prompt_chars:
+        n_chars = sum(map(len, (msg.text, msg.system or "", *(msg.context or ()))))
+        if n_chars > self.limits.max_prompt_chars:
             await self.error(
                 SDKErrorCode.PROMPT_TOO_LARGE,
-                f"prompt has {len(msg.text)} characters; the limit is {self.limits.max_prompt_chars}",
+                f"prompt has {n_chars} characters; the limit is {self.limits.max_prompt_chars}",
                 msg.id,
             )
             return

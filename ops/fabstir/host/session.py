@@ -96,6 +96,24 @@ def history_turns(history: Sequence[str] | None) -> list[ChatMessage]:
     return [ChatMessage(roles[i % 2], text) for i, text in enumerate(history or ())]
 
 
+def _whole_window(
+    system: str | None,
+    turns: Sequence[ChatMessage],
+    *,
+    n_ctx: int,
+    max_tokens: int,
+    count_prompt_tokens: Callable[[Sequence[ChatMessage]], int],
+) -> list[ChatMessage]:
+    """`system` + every turn, or PromptTooLongError: fit_window for a self-contained
+    prompt, where dropping the client's turns would answer a different question."""
+    if not turns:
+        raise InvalidRequestError("a conversation needs at least one turn")
+    window = [*([ChatMessage("system", system)] if system is not None else []), *turns]
+    if (n_prompt := count_prompt_tokens(window)) + max_tokens > n_ctx:
+        raise PromptTooLongError(n_prompt, max_tokens, n_ctx)
+    return window
+
+
 class ServedSession:
     """See the module docstring. Only the event loop touches an instance."""
 
@@ -223,14 +241,21 @@ class ServedSession:
     async def _prepare(
         self, prompt: Prompt, ctx: ServeContext, max_tokens: int
     ) -> tuple[AsyncIterator[TokenChunk], int]:
-        turns = [*self.turns, ChatMessage("user", prompt.text)]
         engine = ctx.engine
+        if prompt.self_contained:
+            # The client chose every turn: answer all of them or refuse, never a part.
+            system = prompt.system if prompt.system is not None else ctx.system_prompt
+            turns = [*history_turns(prompt.context), ChatMessage("user", prompt.text)]
+            fit = functools.partial(_whole_window, system, turns)
+        else:
+            turns = [*self.turns, ChatMessage("user", prompt.text)]
+            fit = functools.partial(fit_window, ctx.system_prompt, turns)
+        temperature = ctx.temperature if prompt.temperature is None else float(prompt.temperature)
+        top_p = 1.0 if prompt.top_p is None else float(prompt.top_p)
         for attempt in range(2):
             try:
                 window = await asyncio.to_thread(
-                    fit_window,
-                    ctx.system_prompt,
-                    turns,
+                    fit,
                     n_ctx=engine.n_ctx,
                     max_tokens=max_tokens,
                     count_prompt_tokens=engine.count_prompt_tokens,
@@ -240,8 +265,11 @@ class ServedSession:
                         engine.generate,
                         window,
                         max_tokens=max_tokens,
-                        temperature=ctx.temperature,
                         cache_key=f"session-{self.session_id}",
+                        temperature=temperature,
+                        top_p=top_p,
+                        seed=prompt.seed,
+                        stop=prompt.stop or (),
                     )
                 )
                 return stream, max_tokens
@@ -269,7 +297,7 @@ class ServedSession:
         budget_bound = max_tokens < wanted and max_tokens == self.remaining
 
         # From here the prompt is part of the transcript: `end` always follows.
-        self.hasher.update_prompt(prompt.text)
+        self.hasher.update_prompt(prompt.transcript_text())
         answer: list[str] = []
         finish = "error"
         after: tuple[SDKErrorCode, str] | None = None
@@ -349,7 +377,7 @@ class ServedSession:
         state = (self.tokens, self.hasher.hexdigest)
         self._sent(*state)
         text = "".join(answer)
-        if text:
+        if text and not prompt.self_contained:
             self.turns += [ChatMessage("user", prompt.text), ChatMessage("assistant", text)]
             del self.turns[:-MAX_TURNS_KEPT]
         ctx.metrics.prompts.inc(finish_reason=finish)

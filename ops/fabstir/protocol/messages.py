@@ -23,6 +23,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, ClassVar, Final, Literal, Self
 
@@ -39,6 +40,10 @@ MAX_ID_LENGTH: Final = 64
 MAX_ERROR_MESSAGE_LENGTH: Final = 2048
 MAX_HISTORY_TURNS: Final = 48
 MAX_HISTORY_TURN_CHARS: Final = 16_384
+#: A self-contained prompt's earlier turns (an OpenAI request's message list).
+MAX_CONTEXT_TURNS: Final = 256
+MAX_STOP_STRINGS: Final = 4
+MAX_STOP_CHARS: Final = 64
 #: Why a response ended: natural stop, max_tokens hit, client cancel, session
 #: deposit used up, or a host-side failure (an `error` frame follows).
 FINISH_REASONS: Final = frozenset({"stop", "length", "cancelled", "budget", "error"})
@@ -50,6 +55,7 @@ _SIGNATURE_RE: Final = re.compile(r"0x[0-9a-fA-F]{130}")
 _ID_RE: Final = re.compile(rf"[A-Za-z0-9_.:\-]{{1,{MAX_ID_LENGTH}}}")
 _CODE_RE: Final = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _UINT_STRING_RE: Final = re.compile(r"0|[1-9][0-9]{0,77}")
+_DECIMAL_RE: Final = re.compile(r"(0|[1-9][0-9]{0,2})(\.[0-9]{1,6})?")
 # A JSON string literal, written as an unrolled loop so it scans in linear time.
 _JSON_STRING_RE: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 #: No valid frame has nested containers; a few are tolerated for clear errors.
@@ -154,6 +160,21 @@ def _text_list(max_items: int, max_chars: int) -> Check:
             raise _malformed(f"{name} has more than {max_items} items")
         text = _text(max_chars)
         return tuple(text(f"{name}[{i}]", item) for i, item in enumerate(value))
+
+    return check
+
+
+def _decimal_string(lo: str, hi: str, *, open_low: bool = False) -> Check:
+    low, high = Decimal(lo), Decimal(hi)
+
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str) or not _DECIMAL_RE.fullmatch(value):
+            raise _malformed(f'{name} must be a decimal string like "0.7", got {_short(value)}')
+        number = Decimal(value)
+        if number > high or number < low or (open_low and number == low):
+            bracket = "(" if open_low else "["
+            raise _malformed(f"{name} must be in {bracket}{lo}, {hi}], got {value}")
+        return value
 
     return check
 
@@ -273,13 +294,44 @@ class SessionReady(Message):
 
 @dataclass(frozen=True)
 class Prompt(Message):
-    """Client asks for a completion; `id` names the request in chunk/end/cancel/error."""
+    """Client asks for a completion; `id` names the request in chunk/end/cancel/error.
+
+    Without `context` and `system` the prompt extends the session's conversation.
+    With either, it is self-contained (what an OpenAI request is): the host answers
+    exactly `system` + `context` + `text` and keeps nothing of it for later prompts.
+    `context` holds the earlier turns, alternating user and assistant, starting with
+    a user turn. Sampling fields override the host's defaults for this request.
+    """
 
     TYPE: ClassVar[str] = "prompt"
     SENDER: ClassVar[Sender | None] = "client"
     id: str = _f(_request_id)
     text: str = _f(_text())
     max_tokens: int = _f(_uint(1))
+    context: tuple[str, ...] | None = _opt(_text_list(MAX_CONTEXT_TURNS, MAX_HISTORY_TURN_CHARS))
+    system: str | None = _opt(_text(MAX_HISTORY_TURN_CHARS))
+    #: Decimal strings (the protocol has no floats): 0..2 and (0, 1].
+    temperature: str | None = _opt(_decimal_string("0", "2"))
+    top_p: str | None = _opt(_decimal_string("0", "1", open_low=True))
+    seed: int | None = _opt(_uint())
+    stop: tuple[str, ...] | None = _opt(_text_list(MAX_STOP_STRINGS, MAX_STOP_CHARS))
+
+    @property
+    def self_contained(self) -> bool:
+        return self.context is not None or self.system is not None
+
+    def transcript_text(self) -> str:
+        """What the content hash folds in for this prompt: the text itself, or for a
+        self-contained prompt a canonical JSON of everything the host was given, so
+        the hash still covers exactly what was sent."""
+        if not self.self_contained:
+            return self.text
+        return json.dumps(
+            {"context": list(self.context or ()), "system": self.system, "text": self.text},
+            ensure_ascii=False,
+            separators=(",", ":"),
+            sort_keys=True,
+        )
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from fabstir.protocol.messages import (
+    Cancel,
     Chunk,
     Close,
     End,
@@ -35,6 +36,7 @@ from fabstir.protocol.messages import (
     Hello,
     Message,
     Prompt,
+    ProtocolError,
     ReceiptAck,
     ReceiptMessage,
     ReceiptRequest,
@@ -57,6 +59,8 @@ FRAME_TIMEOUT = 120.0
 #: Seconds complete_session waits for the host's settlement before closing on chain.
 SETTLE_TIMEOUT = 30.0
 DEFAULT_MAX_TOKENS = 256
+#: Seconds to wait for a cancelled request's `end` before dropping the connection.
+CANCEL_TIMEOUT = 10.0
 
 TokenCallback = Callable[[str], Awaitable[None] | None]
 
@@ -78,11 +82,47 @@ class StartedSession:
 
 @dataclass(frozen=True)
 class StreamChunk:
-    """One streamed piece of an answer; `tokens` is the session's running total."""
+    """One streamed piece of an answer; `tokens` is the session's running total.
+
+    `send_chat` ends its stream with a piece that has no text and the host's
+    `finish_reason` ("stop", "length", "cancelled", "budget")."""
 
     request_id: str
     text: str
     tokens: int
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A self-contained request (an OpenAI chat completion): the host answers exactly
+    `system` + `context` + `prompt` and keeps none of it for the session's later prompts.
+    `context` is the earlier turns, alternating user and assistant, starting with user."""
+
+    prompt: str
+    context: tuple[str, ...] = ()
+    system: str | None = None
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def prompt_fields(self) -> dict[str, Any]:
+        """The wire prompt's optional fields for this request."""
+        return {
+            "context": self.context,
+            "system": self.system,
+            "temperature": None if self.temperature is None else _decimal(self.temperature),
+            "top_p": None if self.top_p is None else _decimal(self.top_p),
+            "seed": self.seed,
+            "stop": self.stop or None,
+        }
+
+
+def _decimal(value: float) -> str:
+    # The wire has no floats; six decimals is finer than any sampler cares about.
+    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
 
 
 @dataclass(frozen=True)
@@ -184,7 +224,16 @@ class SessionManager:
         live = _Live(info, key, ReceiptSigner(key.key, self._sdk.receipt_domain()), host_url)
         self._live[info.session_id] = live
         await self._save(live)
-        await self._connect(live)
+        try:
+            await self._connect(live)
+        except SDKError as exc:
+            # The escrow exists: say which session holds it so the caller can close it.
+            raise SDKError(
+                exc.code,
+                f"{exc.message} (session {info.session_id} is open on chain with the deposit;"
+                " complete_session closes it, resume_session retries the host)",
+                {**exc.details, "session_id": info.session_id},
+            ) from exc
         return StartedSession(info.session_id, result.tx_hash, host_url, result.deposit)
 
     # ---------------------------------------------------------------- prompts
@@ -195,6 +244,18 @@ class SessionManager:
         """Send a prompt and return the whole answer."""
         parts = [c.text async for c in self._stream(session_id, prompt, max_tokens)]
         return "".join(parts)
+
+    def send_chat(self, session_id: int, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        """Stream the answer to a self-contained request (see ChatRequest); the last
+        StreamChunk has no text and carries the finish_reason. Receipts are signed as
+        for any prompt: the session's count and hash go on across requests."""
+        return self._stream(
+            session_id,
+            request.prompt,
+            request.max_tokens,
+            fields=request.prompt_fields(),
+            with_end=True,
+        )
 
     def send_prompt_streaming(
         self,
@@ -210,18 +271,28 @@ class SessionManager:
         return PromptStream(self._stream(session_id, prompt, max_tokens), on_token)
 
     async def _stream(
-        self, session_id: int, prompt: str, max_tokens: int
+        self,
+        session_id: int,
+        prompt: str,
+        max_tokens: int,
+        *,
+        fields: Mapping[str, Any] | None = None,
+        with_end: bool = False,
     ) -> AsyncIterator[StreamChunk]:
         live = self._require_live(session_id)
         if not isinstance(prompt, str) or not prompt.strip():
             raise SDKError(SDKErrorCode.INVALID_ARGUMENT, "prompt must be a non-empty string")
+        request_id = uuid.uuid4().hex[:16]
+        try:
+            message = Prompt(id=request_id, text=prompt, max_tokens=max_tokens, **(fields or {}))
+        except ProtocolError as exc:
+            raise SDKError(SDKErrorCode.INVALID_ARGUMENT, exc.message) from None
         async with live.lock:
             ws = await self._connected(live)
-            request_id = uuid.uuid4().hex[:16]
             before = live.hasher.copy()
             accepted = False
-            live.hasher.update_prompt(prompt)
-            await ws.send(Prompt(id=request_id, text=prompt, max_tokens=max_tokens))
+            live.hasher.update_prompt(message.transcript_text())
+            await ws.send(message)
             answer: list[str] = []
             try:
                 while True:
@@ -237,21 +308,54 @@ class SessionManager:
                         accepted = True
                         self._take_end(live, msg)
                         await self._maybe_sign(live, ws, eager=True)
+                        if with_end:
+                            yield StreamChunk(request_id, "", msg.tokens, msg.finish_reason)
                         break
                     elif isinstance(msg, ErrorMessage) and msg.id in (None, request_id):
                         raise msg.to_error()
                     else:
                         await self._handle_side_message(live, ws, msg)
+            except GeneratorExit:
+                # The caller stopped reading (aclose): cancel the request and take the
+                # rest of it in, so the transcript hash and the receipts stay in step
+                # with the host and the session stays usable.
+                if accepted:
+                    await self._cancel_request(live, ws, request_id)
+                raise
             except BaseException:
                 if not accepted:
                     live.hasher = before  # the host never took the prompt
                 raise
             finally:
-                if accepted:
+                if accepted and not message.self_contained:
                     now = time.time()
                     live.messages.append(ChatMessage("user", prompt, now))
                     live.messages.append(ChatMessage("assistant", "".join(answer), now))
                     await self._save(live)
+                elif accepted:
+                    await self._save(live)  # the receipt state, without the conversation
+
+    async def _cancel_request(self, live: _Live, ws: WebSocketClient, request_id: str) -> None:
+        """Send `cancel` and read until the request's `end`; on any failure drop the
+        connection (resume_session reconnects in step with the host)."""
+        try:
+            await ws.send(Cancel(id=request_id))
+            while True:
+                msg = await ws.receive(CANCEL_TIMEOUT)
+                if isinstance(msg, Chunk) and msg.id == request_id:
+                    self._take_chunk(live, msg)
+                elif isinstance(msg, End) and msg.id == request_id:
+                    self._take_end(live, msg)
+                    await self._maybe_sign(live, ws, eager=True)
+                    return
+                elif isinstance(msg, ErrorMessage) and msg.id in (None, request_id):
+                    raise msg.to_error()
+                else:
+                    await self._handle_side_message(live, ws, msg)
+        except SDKError as exc:
+            log.warning("session %s: cancel failed (%s); disconnecting", live.info.session_id, exc)
+            await ws.close()
+            live.ws = None
 
     def _take_chunk(self, live: _Live, msg: Chunk) -> None:
         if msg.tokens <= live.tokens or msg.tokens > live.info.max_tokens:
