@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -123,7 +125,24 @@ def test_unreachable_network_is_a_user_error(empty_home: Path) -> None:
     user_error(
         invoke("balance", "0x" + "11" * 20, "--network", f"http://127.0.0.1:{port}"),
         "cannot reach",
+        "Connection refused",
     )
+
+
+def test_network_that_is_not_an_rpc_is_a_user_error(empty_home: Path) -> None:
+    """A URL that answers HTTP but not JSON-RPC (here a real server that says 404 to
+    everything) gets a one-line reason naming eth_chainId, not a traceback."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        user_error(
+            invoke("balance", "0x" + "11" * 20, "--network", url), "did not answer eth_chainId"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_chain_up_status_down(empty_home: Path) -> None:
