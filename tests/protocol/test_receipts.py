@@ -429,3 +429,13 @@ def test_receipt_call_args_are_what_the_contract_takes() -> None:
     assert r.digest == keccak(
         CHECKPOINT_TYPEHASH + (7).to_bytes(32, "big") + (50).to_bytes(32, "big") + r.call_args()[2]
     )
+
+
+def test_receipt_from_mapping_takes_either_spelling() -> None:
+    r = sign_receipt(KEY0, DOMAIN, 7, 50, HASH)
+    assert Receipt.from_mapping(r.to_dict()) == r
+    camel = {"sessionId": 7, "tokensUsed": 50, "contentHash": HASH, "proofData": r.signature}
+    assert Receipt.from_mapping(camel) == r
+    with pytest.raises(SDKError) as info:
+        Receipt.from_mapping({"session_id": 7, "tokens_used": 50, "content_hash": HASH})
+    assert info.value.code is SDKErrorCode.INVALID_ARGUMENT and "signature" in info.value.message

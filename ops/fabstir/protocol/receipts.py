@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Container
-from dataclasses import dataclass
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, fields
 from typing import Any, Final, Protocol, TypeAlias
 
 from coincurve.utils import GROUP_ORDER_INT
@@ -376,6 +376,21 @@ class Receipt:
             self, "content_hash", "0x" + to_bytes32(self.content_hash, "content_hash").hex()
         )
         object.__setattr__(self, "signature", "0x" + _signature_bytes(self.signature).hex())
+
+    @classmethod
+    def from_mapping(cls, value: Mapping[str, Any]) -> Receipt:
+        """A receipt from a mapping with snake_case or camelCase keys (also the
+        reference's `proofData` for the signature). Raises SDKError
+        (INVALID_ARGUMENT) when a field is missing."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), f.name)
+            names = (f.name, camel, *(("proofData",) if f.name == "signature" else ()))
+            given = [n for n in names if n in value]
+            if not given:
+                raise SDKError(SDKErrorCode.INVALID_ARGUMENT, f"receipt is missing {f.name!r}")
+            values[f.name] = value[given[0]]
+        return cls(**values)
 
     @property
     def signature_bytes(self) -> bytes:

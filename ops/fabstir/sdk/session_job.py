@@ -77,17 +77,7 @@ def _receipt_of(value: Receipt | Mapping[str, Any]) -> Receipt:
     if isinstance(value, Receipt):
         return value
     if isinstance(value, Mapping):
-        try:
-            return Receipt(
-                session_id=value["session_id"] if "session_id" in value else value["sessionId"],
-                tokens_used=value["tokens_used"] if "tokens_used" in value else value["tokensUsed"],
-                content_hash=(
-                    value["content_hash"] if "content_hash" in value else value["contentHash"]
-                ),
-                signature=value["signature"] if "signature" in value else value["proofData"],
-            )
-        except KeyError as exc:
-            fail(SDKErrorCode.INVALID_ARGUMENT, f"receipt is missing {exc.args[0]!r}")
+        return Receipt.from_mapping(value)
     fail(SDKErrorCode.INVALID_ARGUMENT, f"receipt must be a Receipt or a mapping, got {value!r}")
 
 
