@@ -10,7 +10,7 @@ Unicode) raises `ProtocolError` and nothing else, so a host can answer with
 an `error` frame and carry on.
 
 Versions: this side speaks PROTOCOL_VERSION (2) and still speaks 1 with a
-peer that does (docs/protocol.md, "Versions"). The host's `hello` says its
+peer that does (docs/protocol.md, "Versioning"). The host's `hello` says its
 version; the client answers in `session_init.v` (absent: 1) with the version
 both use, and each side then writes its frames in that version
 (`to_json(version=...)`). The parser reads either version's field names.

@@ -26,10 +26,7 @@ from web3.exceptions import Web3RPCError
 from web3.logs import DISCARD
 
 from fabstir.chain.client import ChainUnavailable
-from fabstir.chain.marketplace import (
-    MAX_BATCH,
-    OnChainSession,
-)
+from fabstir.chain.marketplace import MAX_BATCH, OnChainSession
 from fabstir.protocol.receipts import Receipt, check_receipt, same_address
 from fabstir.sdk._base import (
     ZERO_ADDRESS,
