@@ -18,7 +18,7 @@ from fabstir.chain.deploy import (
     resolve_account,
     verify_recorded,
 )
-from fabstir.chain.deployments import CONTRACT_NAMES, load_deployment
+from fabstir.chain.deployments import TokenRecord, load_deployment
 from fabstir.chain.params import DeployParams, ParamsFile
 from fabstir.chain.system import (
     DEFAULT_ADMIN_ROLE,
@@ -26,7 +26,9 @@ from fabstir.chain.system import (
     Roles,
     attach_system,
     deploy_system,
+    deployment_names,
     role_id,
+    token_records,
 )
 from fabstir.chain.verify import ExpectedWiring, WiringError, verify_system
 
@@ -53,7 +55,7 @@ def test_fresh_deploy_every_address_role_and_parameter(
     assert set(deployed.status.values()) == {"deployed"}
     assert deployed.path == out_dir / "31337.json"
     dep = load_deployment(31337, out_dir)
-    assert list(dep.contracts) == list(CONTRACT_NAMES)
+    assert list(dep.contracts) == list(deployment_names(p))
     assert dep.complete and dep.verified_block == deployed.report.block
     s = attach_system(project, dep.addresses)
     a = dep.addresses
@@ -79,11 +81,12 @@ def test_fresh_deploy_every_address_role_and_parameter(
     assert s.fab.totalSupply() == p.fab_supply == s.fab.balanceOf(me)
     assert s.usdc.decimals() == 6
     assert not s.marketplace.paused()
-    # Tokens: exactly ETH and USDC, with their minimum deposits.
+    # Tokens: exactly the table's (ETH and a mock USDC), with their minimum deposits.
     assert list(s.marketplace.tokens()) == [ETH, a["USDC"]]
     eth, usdc = s.marketplace.tokenConfig(ETH), s.marketplace.tokenConfig(a["USDC"])
-    assert (eth.accepted, eth.index, eth.minDeposit) == (True, 0, p.eth_min_deposit)
-    assert (usdc.accepted, usdc.index, usdc.minDeposit) == (True, 1, p.usdc_min_deposit)
+    assert (eth.accepted, eth.index, eth.minDeposit) == (True, 0, 5 * 10**14)
+    assert (usdc.accepted, usdc.index, usdc.minDeposit) == (True, 1, 10**6)
+    assert (s.usdc.symbol(), s.usdc.name()) == ("USDC", "Mock USDC")
 
     # Roles: granted where needed ...
     held = {
@@ -129,7 +132,21 @@ def test_fresh_deploy_every_address_role_and_parameter(
     assert len(dep.git["commit"]) == 40
     assert dep.params == p.to_dict()
     assert dep.roles["admin"] == me and dep.network == "ethereum:local:foundry"
-    assert dep.address("MockUSDC") == dep.address("usdc") == a["USDC"]
+    assert dep.address("usdc") == a["USDC"]
+    # The record says which token is a mock, and what each one is.
+    assert dep.contracts["USDC"].contract_type == "MockERC20"
+    assert not dep.contracts["USDC"].external
+    assert dep.tokens == [
+        TokenRecord("ETH", 18, ETH, mock=False, min_deposit=5 * 10**14),
+        TokenRecord("USDC", 6, a["USDC"], mock=True, min_deposit=10**6),
+    ]
+    assert json.loads((out_dir / "31337.json").read_text())["tokens"][1] == {
+        "symbol": "USDC",
+        "decimals": 6,
+        "address": a["USDC"],
+        "mock": True,
+        "min_deposit": 10**6,
+    }
     assert (out_dir / "31337.json").stat().st_mode & 0o777 == 0o644
 
 
@@ -151,7 +168,7 @@ def test_fresh_deploys_a_new_set_and_archives_the_old_file(
 ) -> None:
     new = deploy(project, deployer, local_params, out_dir=out_dir, fresh=True)
     old, cur = deployed.deployment.addresses, new.deployment.addresses
-    assert all(old[n] != cur[n] for n in CONTRACT_NAMES)
+    assert all(old[n] != cur[n] for n in deployment_names(local_params.params))
     archived = out_dir / "archive" / f"31337-{deployed.deployment.first_block}.json"
     assert (
         json.loads(archived.read_text())["contracts"]["JobMarketplace"]["address"]
@@ -250,7 +267,8 @@ def test_interrupted_deploy_resumes_keeping_what_landed(
 
     monkeypatch.setattr(system_mod.TxSender, "deploy", real)
     resumed = deploy(project, deployer, local_params, out_dir=out_dir)
-    assert [resumed.status[n] for n in CONTRACT_NAMES] == ["reused"] * 4 + ["deployed"] * 4
+    names = deployment_names(local_params.params)
+    assert [resumed.status[n] for n in names] == ["reused"] * 4 + ["deployed"] * 4
     dep = load_deployment(31337, out_dir)
     assert dep.address("NodeRegistry") == partial["contracts"]["NodeRegistry"]["address"]
     assert len(dep.transactions) == 4 + 4 + 5
@@ -313,7 +331,7 @@ def test_deploy_system_keeps_its_signature_for_tests_and_benchmarks(
         params=DeployParams(),
         chain_id=31337,
         fab=s.fab.address,
-        usdc=s.usdc.address,
+        tokens=token_records(DeployParams(), s),
         roles={
             "admin": deployer.address,
             "curator": deployer.address,
