@@ -19,7 +19,7 @@ from fabstir.chain.deploy import (
     verify_recorded,
 )
 from fabstir.chain.deployments import TokenRecord, load_deployment
-from fabstir.chain.params import DeployParams, ParamsFile
+from fabstir.chain.params import DeployParams, ParamsFile, TokenSpec
 from fabstir.chain.system import (
     DEFAULT_ADMIN_ROLE,
     ETH,
@@ -353,3 +353,58 @@ def test_live_networks_need_a_named_account(accounts: Any) -> None:
         resolve_account(None, live=True)
     assert resolve_account(None, live=False) == accounts[0]
     assert resolve_account("TEST::3", live=True) == accounts[3]
+
+
+def _with_tokens(pf: ParamsFile, *extra: TokenSpec, **changes: Any) -> ParamsFile:
+    """`pf` with its token rows changed (by symbol) and `extra` rows appended."""
+    rows = tuple(
+        dataclasses.replace(t, **changes.get(t.symbol, {})) for t in pf.params.tokens
+    ) + tuple(extra)
+    return dataclasses.replace(pf, params=dataclasses.replace(pf.params, tokens=rows))
+
+
+def test_a_token_named_by_address_is_configured_verified_and_recorded(
+    project: Any, deployer: Any, out_dir: Path, local_params: ParamsFile
+) -> None:
+    existing = project.MockERC20.deploy("Some Coin", "XYZ", 18, sender=deployer)
+    pf = _with_tokens(local_params, TokenSpec("XYZ", 18, 10**17, existing.address))
+    result = deploy(project, deployer, pf, out_dir=out_dir)
+    assert result.status["XYZ"] == "external" and result.deployment.contracts["XYZ"].external
+    s = attach_system(project, result.deployment.addresses)
+    assert list(s.marketplace.tokens()) == [ETH, s.usdc.address, existing.address]
+    assert s.marketplace.tokenConfig(existing).minDeposit == 10**17
+    assert result.deployment.tokens[2] == TokenRecord("XYZ", 18, existing.address, False, 10**17)
+    assert any(t.step == "JobMarketplace.configureToken(XYZ, true, 100000000000000000)"
+               for t in result.transactions)  # fmt: skip
+
+
+def test_configured_tokens_are_checked_before_anything_is_sent(
+    project: Any, deployer: Any, out_dir: Path, local_params: ParamsFile
+) -> None:
+    six = project.MockERC20.deploy("Six", "SIX", 6, sender=deployer)
+    nonce = deployer.nonce
+    wrong = _with_tokens(local_params, TokenSpec("SIX", 18, 1, six.address))
+    with pytest.raises(DeployError, match=f"configured SIX {six.address} has 6 decimals, not 18"):
+        deploy(project, deployer, wrong, out_dir=out_dir)
+    nowhere = _with_tokens(local_params, TokenSpec("NOPE", 6, 1, "0x" + "12" * 20))
+    with pytest.raises(DeployError, match=r"configured NOPE 0x1212.* has no code on chain 31337"):
+        deploy(project, deployer, nowhere, out_dir=out_dir)
+    with pytest.raises(DeployError, match=r"must name the address of USDC .a 'mock' token is for"):
+        deploy(project, deployer, local_params, out_dir=out_dir, live=True)
+    assert deployer.nonce == nonce and not (out_dir / "31337.json").exists()
+
+
+def test_a_changed_token_row_is_caught_by_verify_and_refused_without_fresh(
+    project: Any, deployer: Any, deployed: Any, out_dir: Path, local_params: ParamsFile
+) -> None:
+    other = _with_tokens(local_params, USDC={"decimals": 18, "min_deposit": 7})
+    with pytest.raises(WiringError) as err:
+        verify_recorded(project, deployed.deployment, other)
+    assert "USDC.decimals() is 6, expected 18" in err.value.problems
+    assert (
+        "JobMarketplace.tokenConfig(USDC).minDeposit is 1000000, expected 7" in err.value.problems
+    )
+    with pytest.raises(DeployError, match=r"USDC: the mock at .* is USDC with 6 decimals"):
+        deploy(project, deployer, other, out_dir=out_dir)
+    fresh = deploy(project, deployer, other, out_dir=out_dir, fresh=True)
+    assert attach_system(project, fresh.deployment.addresses).usdc.decimals() == 18
