@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import CLIENT, HOST, address_of, invoke, ok, ok_json, test_key
+from cli_helpers import (
+    CLIENT,
+    HOST,
+    address_of,
+    invoke,
+    ok,
+    ok_json,
+    test_key,
+    usage_error,
+    user_error,
+)
 
 from fabstir import models
 from fabstir.chain.local import ChainInfo
@@ -157,3 +167,19 @@ def test_host_and_treasury_withdraw_in_the_token(deployed: dict[str, Any]) -> No
     assert fees * 9 == owed  # 10 % of what both sessions cost
     wallet = ok_json(invoke("balance", *host, "--token", SYMBOL, "--json"))["wallet"]
     assert Decimal(wallet) == 10_000 + owed
+
+
+def test_prices_name_listed_tokens_only() -> None:
+    host = ("--account", f"test:{HOST}", "--yes")
+    user_error(invoke("host", "update", *host, "--price", "NOPE=5"), "NOPE")
+    usage_error(invoke("host", "update", *host, "--price", f"{SYMBOL}=lots"), "SYMBOL=N")
+    usage_error(invoke("host", "update", *host, "--price", "-1"), "SYMBOL=N")
+    # A listed symbol in any case; the price lands on chain in that token only.
+    ok(invoke("host", "update", *host, "--price", f"{SYMBOL.lower()}={PRICE * 2}"))
+    info = ok_json(invoke("host", "status", address_of(HOST), "--json"))
+    tokens = {
+        t["symbol"]: t["address"]
+        for t in ok_json(invoke("deployments", "show", "--json"))["tokens"]
+    }
+    assert info["min_prices"][tokens[SYMBOL]] == PRICE * 2
+    assert info["min_prices"][tokens["USDC"]] == 200
