@@ -88,9 +88,9 @@ class Bench:
         domain = Eip712Domain(networks.provider.chain_id, s.marketplace.address)
         self.signer = ReceiptSigner(self.key.key, domain)
 
-    def _sig(self, sid: int, tokens: int) -> tuple[int, bytes, bytes]:
-        r = self.signer.sign(sid, tokens, b"\x22" * 32)
-        return tokens, bytes.fromhex(r.content_hash[2:]), r.signature_bytes
+    def _receipt(self, sid: int, tokens: int) -> tuple[int, int, bytes, bytes]:
+        """A signed receipt as the contract takes it (Receipt.call_args)."""
+        return self.signer.sign(sid, tokens, b"\x22" * 32).call_args()
 
     def _open(self, client: Any) -> Any:
         """The standard session: 1 USDC at 200 per token, 1 h, proof interval 100."""
@@ -116,12 +116,12 @@ class Bench:
         for i in range(1, plain + 1):
             run.add(
                 f"submitCheckpoint #{i}",
-                mp.submitCheckpoint(sid, *self._sig(sid, 100 * i), sender=self.host),
+                mp.submitCheckpoint(*self._receipt(sid, 100 * i), sender=self.host),
             )
         if fold_last:
             run.add(
                 f"settleWithReceipt (#{receipts})",
-                mp.settleWithReceipt(sid, *self._sig(sid, 100 * receipts), sender=self.host),
+                mp.settleWithReceipt(*self._receipt(sid, 100 * receipts), sender=self.host),
             )
         else:
             run.add("settle", mp.settle(sid, sender=self.host))
@@ -142,7 +142,7 @@ class Bench:
             s.usdc.approve(mp, DEPOSIT, sender=client)
             self._open(client)
             ids.append(int(mp.sessionCount()))
-        items = [(sid, *self._sig(sid, 150)) for sid in ids]
+        items = [self._receipt(sid, 150) for sid in ids]
         receipt = mp.settleBatch(items, sender=self.host)
         run.add(f"settleBatch ({n} items)", receipt)
         return run, int(receipt.gas_used) // n

@@ -1,6 +1,6 @@
 """Seed a local chain: `ape run seed_local` (after `ape run deploy`).
 
-Tops up MockUSDC and FAB for the standard test accounts and adds + approves every
+Tops up the mock payment tokens and FAB for the standard test accounts and adds + approves every
 model of models/catalogue.json. Idempotent. Refuses any chain that is not local
 (chain id 31337/1337 on a local ape network); see fabstir.chain.seed.
 """

@@ -59,9 +59,21 @@ def local_chain(cli_home: Path) -> Iterator[ChainInfo]:
 
 
 @pytest.fixture(scope="module")
-def deployed(local_chain: ChainInfo) -> dict[str, Any]:
+def deploy_args() -> tuple[str, ...]:
+    """Extra `fabstir deploy` arguments; a module overrides it (e.g. --params FILE)."""
+    return ()
+
+
+@pytest.fixture(scope="module")
+def host_prices() -> tuple[str, ...]:
+    """The worker's `host register --price` values; a module overrides it."""
+    return ("200",)
+
+
+@pytest.fixture(scope="module")
+def deployed(local_chain: ChainInfo, deploy_args: tuple[str, ...]) -> dict[str, Any]:
     """`fabstir deploy --seed` on the module's chain (subprocess); its JSON result."""
-    data: dict[str, Any] = run_json("deploy", "--seed")
+    data: dict[str, Any] = run_json("deploy", "--seed", *deploy_args)
     assert data["chain_id"] == local_chain.chain_id
     assert data["reused"] is False and data["seeded"]
     return data
@@ -90,13 +102,18 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout:
 
 @pytest.fixture(scope="module")
 def worker(
-    deployed: dict[str, Any], local_chain: ChainInfo, cli_home: Path, model_path: Path
+    deployed: dict[str, Any],
+    local_chain: ChainInfo,
+    cli_home: Path,
+    model_path: Path,
+    host_prices: tuple[str, ...],
 ) -> Iterator[str]:
     """Host test:5 registered through `fabstir host register` and a real worker
     (`python -m fabstir.host`) serving the bundled model; yields its URL."""
     port = free_port()
     url = f"ws://127.0.0.1:{port}"
-    ok(invoke("host", "register", "--account", f"test:{HOST}", "--url", url, "--price", "200"))
+    prices = [arg for price in host_prices for arg in ("--price", price)]
+    ok(invoke("host", "register", "--account", f"test:{HOST}", "--url", url, *prices))
     key_file = cli_home / "host.key"
     key_file.write_text(test_key(HOST) + "\n")
     key_file.chmod(0o600)

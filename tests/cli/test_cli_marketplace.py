@@ -302,7 +302,7 @@ def test_live_deploy_shows_the_cost_and_asks(live_chain: ChainInfo, cli_home: Pa
 
     from fabstir.chain.params import load_params_file
 
-    usdc = load_params_file("base-sepolia").params.usdc_address
+    usdc = next(t.address for t in load_params_file("base-sepolia").params.tokens if t.external)
     code = ape.Project(REPO).MockUSDC.contract_type.runtime_bytecode.bytecode
     reply = requests.post(
         live_chain.rpc_url,

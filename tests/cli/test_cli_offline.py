@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -123,7 +125,24 @@ def test_unreachable_network_is_a_user_error(empty_home: Path) -> None:
     user_error(
         invoke("balance", "0x" + "11" * 20, "--network", f"http://127.0.0.1:{port}"),
         "cannot reach",
+        "Connection refused",
     )
+
+
+def test_network_that_is_not_an_rpc_is_a_user_error(empty_home: Path) -> None:
+    """A URL that answers HTTP but not JSON-RPC (here a real server that says 404 to
+    everything) gets a one-line reason naming eth_chainId, not a traceback."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        user_error(
+            invoke("balance", "0x" + "11" * 20, "--network", url), "did not answer eth_chainId"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_chain_up_status_down(empty_home: Path) -> None:
@@ -200,3 +219,34 @@ def test_models_fetch_verifies_the_cached_file() -> None:
     assert data["cached"] is True and data["sha256"] == entry.sha256
     assert data["path"] == str(models.local_path(entry))
     assert "sha256 verified" in ok(invoke("models", "fetch")).stdout
+
+
+def test_short_hash_as_explorers_show_it() -> None:
+    from fabstir.cli.output import short_hash
+
+    assert short_hash("0x1234" + "00" * 29 + "abcd") == "0x1234…abcd"
+    assert short_hash("0x12345678") == "0x12345678"  # nothing to gain
+
+
+def test_demo_transaction_table_fits_80_columns() -> None:
+    """The demo's transaction table shows shortened hashes, one line per transaction."""
+    import io
+
+    from rich.console import Console
+
+    from fabstir.cli.demo import print_report
+    from fabstir.demo import DemoReport, Tx
+
+    tx_hash = "0x" + "ab" * 30 + "cdef"
+    report = DemoReport(
+        chain_id=31337,
+        session_id=1,
+        transactions=[Tx("createSessionFromWallet", tx_hash, 150_000)] * 3,
+        books={"checks": {"tokens conserved": True}},
+    )
+    buf = io.StringIO()
+    print_report(report, Console(file=buf, width=80, highlight=False))
+    lines = buf.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line for line in lines if "createSessionFromWallet" in line]
+    assert len(rows) == 3 and all("0xabab…cdef" in row for row in rows)

@@ -12,6 +12,7 @@ from fabstir.chain.deployments import (
     ContractRecord,
     Deployment,
     DeploymentError,
+    TokenRecord,
     deployments_dir,
     load_deployment,
     read_deployment,
@@ -91,11 +92,18 @@ def test_directory_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_checked_in_params_files() -> None:
     local = load_params_file("local")
     assert local.chain_id == 31337 and local.params == DeployParams()
-    assert local.params.usdc_address is None and local.params.fab_address is None
+    assert local.params.fab_address is None
+    assert [(t.symbol, t.decimals, t.address) for t in local.params.tokens] == [
+        ("ETH", 18, "native"),
+        ("USDC", 6, "mock"),
+    ]
     assert load_params("local") == local.params
     live = load_params_file("base-sepolia")
     assert live.chain_id == 84532 and live.network == "base:sepolia:node"
-    assert live.params.usdc_address == "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+    assert [(t.symbol, t.decimals, t.address) for t in live.params.tokens] == [
+        ("ETH", 18, "native"),
+        ("USDC", 6, "0x036CbD53842c5426634e7929541eC2318f3dCF7e"),
+    ]
     assert live.gas.max_priority_fee_wei > 0 and live.gas.confirmations >= 1
     assert live.comment and local.comment
     assert default_params_name(31337) == "local" and default_params_name(84532) == "base-sepolia"
@@ -108,9 +116,90 @@ def test_params_validation() -> None:
         ParamsFile.from_dict("x", {"chain_id": 1, "fee": 3})
     with pytest.raises(ParamsError, match="chain_id"):
         ParamsFile.from_dict("x", {})
-    with pytest.raises(ParamsError, match="usdc_address must be a 0x address"):
-        ParamsFile.from_dict("x", {"chain_id": 1, "usdc_address": "USDC"})
+    with pytest.raises(ParamsError, match="fab_address must be a 0x address"):
+        ParamsFile.from_dict("x", {"chain_id": 1, "fab_address": "FAB"})
     with pytest.raises(ParamsError, match="role admin"):
         ParamsFile.from_dict("x", {"chain_id": 1, "roles": {"admin": "alice"}})
     with pytest.raises(ParamsError, match="no default params file for chain id 5"):
         default_params_name(5)
+
+
+ETH_ROW = {"symbol": "ETH", "decimals": 18, "address": "native", "min_deposit": 1}
+
+
+def _tokens(*rows: dict[str, object]) -> dict[str, object]:
+    return {"chain_id": 1, "tokens": [ETH_ROW, *rows]}
+
+
+def test_token_table_reads_any_number_of_tokens_in_order() -> None:
+    rows = [
+        {"symbol": "USDC", "decimals": 6, "address": "mock", "min_deposit": 10**6},
+        {"symbol": "XYZ", "decimals": 18, "address": ADDR, "min_deposit": 10**18},
+    ]
+    params = ParamsFile.from_dict("x", _tokens(*rows)).params
+    assert params.native_token.symbol == "ETH" and params.native_token.native
+    assert [t.symbol for t in params.erc20_tokens] == ["USDC", "XYZ"]
+    assert [(t.mock, t.external) for t in params.erc20_tokens] == [(True, False), (False, True)]
+    assert params.to_dict()["tokens"] == [ETH_ROW, *rows]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"chain_id": 1, "usdc_min_deposit": 1}, 'moved into the "tokens" table'),
+        ({"chain_id": 1, "usdc_address": ADDR}, 'moved into the "tokens" table'),
+        ({"chain_id": 1, "tokens": []}, "non-empty list"),
+        ({"chain_id": 1, "tokens": "ETH"}, "non-empty list"),
+        (_tokens("USDC"), "tokens\\[1\\] must be an object"),
+        (
+            _tokens({"symbol": "X", "decimals": 6, "address": "mock"}),
+            "missing keys \\['min_deposit'\\]",
+        ),
+        (_tokens({**ETH_ROW, "symbol": "X", "extra": 1}), "unknown keys \\['extra'\\]"),
+        (_tokens({**ETH_ROW, "symbol": "1X"}), "symbol must be a letter"),
+        (_tokens({**ETH_ROW, "symbol": "A-B"}), "symbol must be a letter"),
+        (_tokens({**ETH_ROW, "symbol": "FAB", "address": "mock"}), "'FAB' is reserved"),
+        (_tokens({**ETH_ROW, "symbol": "X", "decimals": 78}), "decimals must be an integer"),
+        (_tokens({**ETH_ROW, "symbol": "X", "decimals": True}), "decimals must be an integer"),
+        (_tokens({**ETH_ROW, "symbol": "X", "min_deposit": -1}), "min_deposit must be"),
+        (_tokens({**ETH_ROW, "symbol": "X", "min_deposit": 2**96}), "min_deposit must be"),
+        (_tokens({**ETH_ROW, "symbol": "X", "address": "0x12"}), "address must be 'native'"),
+        (_tokens({**ETH_ROW, "symbol": "X"}), 'exactly one row with address "native"'),
+        ({"chain_id": 1, "tokens": [{**ETH_ROW, "address": "mock"}]}, "exactly one row"),
+        (_tokens({**ETH_ROW, "symbol": "X", "decimals": 6}), "native coin has 18 decimals"),
+        (
+            _tokens({"symbol": "eth", "decimals": 6, "address": "mock", "min_deposit": 1}),
+            "lists 'eth' twice",
+        ),
+        (
+            _tokens(
+                {"symbol": "A", "decimals": 6, "address": ADDR, "min_deposit": 1},
+                {"symbol": "B", "decimals": 6, "address": ADDR.lower(), "min_deposit": 1},
+            ),
+            "one address under two symbols",
+        ),
+    ],
+)
+def test_token_table_refuses_bad_rows(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        ParamsFile.from_dict("x", data)
+
+
+def test_deployment_record_round_trips_the_token_table(tmp_path: Path) -> None:
+    dep = _deployment()
+    dep.tokens = [
+        TokenRecord("ETH", 18, "0x" + "00" * 20, mock=False, min_deposit=5),
+        TokenRecord("XYZ", 18, ADDR, mock=True, min_deposit=10**18),
+    ]
+    write_deployment(dep, tmp_path)
+    loaded = load_deployment(31337, tmp_path)
+    assert loaded.tokens == dep.tokens
+    assert loaded.token("xyz") == dep.tokens[1] and loaded.token("ABC") is None
+    assert loaded.address("XYZ") == ADDR  # a token is addressed by its symbol
+
+
+def test_a_record_from_before_the_token_table_still_loads(tmp_path: Path) -> None:
+    data = _deployment().to_dict()
+    del data["tokens"]
+    (tmp_path / "31337.json").write_text(json.dumps(data))
+    assert load_deployment(31337, tmp_path).tokens == []

@@ -18,15 +18,17 @@ from fabstir.chain.deploy import (
     resolve_account,
     verify_recorded,
 )
-from fabstir.chain.deployments import CONTRACT_NAMES, load_deployment
-from fabstir.chain.params import DeployParams, ParamsFile
+from fabstir.chain.deployments import TokenRecord, load_deployment
+from fabstir.chain.params import DeployParams, ParamsFile, TokenSpec
 from fabstir.chain.system import (
     DEFAULT_ADMIN_ROLE,
     ETH,
     Roles,
     attach_system,
     deploy_system,
+    deployment_names,
     role_id,
+    token_records,
 )
 from fabstir.chain.verify import ExpectedWiring, WiringError, verify_system
 
@@ -53,7 +55,7 @@ def test_fresh_deploy_every_address_role_and_parameter(
     assert set(deployed.status.values()) == {"deployed"}
     assert deployed.path == out_dir / "31337.json"
     dep = load_deployment(31337, out_dir)
-    assert list(dep.contracts) == list(CONTRACT_NAMES)
+    assert list(dep.contracts) == list(deployment_names(p))
     assert dep.complete and dep.verified_block == deployed.report.block
     s = attach_system(project, dep.addresses)
     a = dep.addresses
@@ -79,11 +81,12 @@ def test_fresh_deploy_every_address_role_and_parameter(
     assert s.fab.totalSupply() == p.fab_supply == s.fab.balanceOf(me)
     assert s.usdc.decimals() == 6
     assert not s.marketplace.paused()
-    # Tokens: exactly ETH and USDC, with their minimum deposits.
+    # Tokens: exactly the table's (ETH and a mock USDC), with their minimum deposits.
     assert list(s.marketplace.tokens()) == [ETH, a["USDC"]]
     eth, usdc = s.marketplace.tokenConfig(ETH), s.marketplace.tokenConfig(a["USDC"])
-    assert (eth.accepted, eth.index, eth.minDeposit) == (True, 0, p.eth_min_deposit)
-    assert (usdc.accepted, usdc.index, usdc.minDeposit) == (True, 1, p.usdc_min_deposit)
+    assert (eth.accepted, eth.index, eth.minDeposit) == (True, 0, 5 * 10**14)
+    assert (usdc.accepted, usdc.index, usdc.minDeposit) == (True, 1, 10**6)
+    assert (s.usdc.symbol(), s.usdc.name()) == ("USDC", "Mock USDC")
 
     # Roles: granted where needed ...
     held = {
@@ -129,7 +132,21 @@ def test_fresh_deploy_every_address_role_and_parameter(
     assert len(dep.git["commit"]) == 40
     assert dep.params == p.to_dict()
     assert dep.roles["admin"] == me and dep.network == "ethereum:local:foundry"
-    assert dep.address("MockUSDC") == dep.address("usdc") == a["USDC"]
+    assert dep.address("usdc") == a["USDC"]
+    # The record says which token is a mock, and what each one is.
+    assert dep.contracts["USDC"].contract_type == "MockERC20"
+    assert not dep.contracts["USDC"].external
+    assert dep.tokens == [
+        TokenRecord("ETH", 18, ETH, mock=False, min_deposit=5 * 10**14),
+        TokenRecord("USDC", 6, a["USDC"], mock=True, min_deposit=10**6),
+    ]
+    assert json.loads((out_dir / "31337.json").read_text())["tokens"][1] == {
+        "symbol": "USDC",
+        "decimals": 6,
+        "address": a["USDC"],
+        "mock": True,
+        "min_deposit": 10**6,
+    }
     assert (out_dir / "31337.json").stat().st_mode & 0o777 == 0o644
 
 
@@ -151,7 +168,7 @@ def test_fresh_deploys_a_new_set_and_archives_the_old_file(
 ) -> None:
     new = deploy(project, deployer, local_params, out_dir=out_dir, fresh=True)
     old, cur = deployed.deployment.addresses, new.deployment.addresses
-    assert all(old[n] != cur[n] for n in CONTRACT_NAMES)
+    assert all(old[n] != cur[n] for n in deployment_names(local_params.params))
     archived = out_dir / "archive" / f"31337-{deployed.deployment.first_block}.json"
     assert (
         json.loads(archived.read_text())["contracts"]["JobMarketplace"]["address"]
@@ -250,7 +267,8 @@ def test_interrupted_deploy_resumes_keeping_what_landed(
 
     monkeypatch.setattr(system_mod.TxSender, "deploy", real)
     resumed = deploy(project, deployer, local_params, out_dir=out_dir)
-    assert [resumed.status[n] for n in CONTRACT_NAMES] == ["reused"] * 4 + ["deployed"] * 4
+    names = deployment_names(local_params.params)
+    assert [resumed.status[n] for n in names] == ["reused"] * 4 + ["deployed"] * 4
     dep = load_deployment(31337, out_dir)
     assert dep.address("NodeRegistry") == partial["contracts"]["NodeRegistry"]["address"]
     assert len(dep.transactions) == 4 + 4 + 5
@@ -313,7 +331,7 @@ def test_deploy_system_keeps_its_signature_for_tests_and_benchmarks(
         params=DeployParams(),
         chain_id=31337,
         fab=s.fab.address,
-        usdc=s.usdc.address,
+        tokens=token_records(DeployParams(), s),
         roles={
             "admin": deployer.address,
             "curator": deployer.address,
@@ -335,3 +353,58 @@ def test_live_networks_need_a_named_account(accounts: Any) -> None:
         resolve_account(None, live=True)
     assert resolve_account(None, live=False) == accounts[0]
     assert resolve_account("TEST::3", live=True) == accounts[3]
+
+
+def _with_tokens(pf: ParamsFile, *extra: TokenSpec, **changes: Any) -> ParamsFile:
+    """`pf` with its token rows changed (by symbol) and `extra` rows appended."""
+    rows = tuple(
+        dataclasses.replace(t, **changes.get(t.symbol, {})) for t in pf.params.tokens
+    ) + tuple(extra)
+    return dataclasses.replace(pf, params=dataclasses.replace(pf.params, tokens=rows))
+
+
+def test_a_token_named_by_address_is_configured_verified_and_recorded(
+    project: Any, deployer: Any, out_dir: Path, local_params: ParamsFile
+) -> None:
+    existing = project.MockERC20.deploy("Some Coin", "XYZ", 18, sender=deployer)
+    pf = _with_tokens(local_params, TokenSpec("XYZ", 18, 10**17, existing.address))
+    result = deploy(project, deployer, pf, out_dir=out_dir)
+    assert result.status["XYZ"] == "external" and result.deployment.contracts["XYZ"].external
+    s = attach_system(project, result.deployment.addresses)
+    assert list(s.marketplace.tokens()) == [ETH, s.usdc.address, existing.address]
+    assert s.marketplace.tokenConfig(existing).minDeposit == 10**17
+    assert result.deployment.tokens[2] == TokenRecord("XYZ", 18, existing.address, False, 10**17)
+    assert any(t.step == "JobMarketplace.configureToken(XYZ, true, 100000000000000000)"
+               for t in result.transactions)  # fmt: skip
+
+
+def test_configured_tokens_are_checked_before_anything_is_sent(
+    project: Any, deployer: Any, out_dir: Path, local_params: ParamsFile
+) -> None:
+    six = project.MockERC20.deploy("Six", "SIX", 6, sender=deployer)
+    nonce = deployer.nonce
+    wrong = _with_tokens(local_params, TokenSpec("SIX", 18, 1, six.address))
+    with pytest.raises(DeployError, match=f"configured SIX {six.address} has 6 decimals, not 18"):
+        deploy(project, deployer, wrong, out_dir=out_dir)
+    nowhere = _with_tokens(local_params, TokenSpec("NOPE", 6, 1, "0x" + "12" * 20))
+    with pytest.raises(DeployError, match=r"configured NOPE 0x1212.* has no code on chain 31337"):
+        deploy(project, deployer, nowhere, out_dir=out_dir)
+    with pytest.raises(DeployError, match=r"must name the address of USDC .a 'mock' token is for"):
+        deploy(project, deployer, local_params, out_dir=out_dir, live=True)
+    assert deployer.nonce == nonce and not (out_dir / "31337.json").exists()
+
+
+def test_a_changed_token_row_is_caught_by_verify_and_refused_without_fresh(
+    project: Any, deployer: Any, deployed: Any, out_dir: Path, local_params: ParamsFile
+) -> None:
+    other = _with_tokens(local_params, USDC={"decimals": 18, "min_deposit": 7})
+    with pytest.raises(WiringError) as err:
+        verify_recorded(project, deployed.deployment, other)
+    assert "USDC.decimals() is 6, expected 18" in err.value.problems
+    assert (
+        "JobMarketplace.tokenConfig(USDC).minDeposit is 1000000, expected 7" in err.value.problems
+    )
+    with pytest.raises(DeployError, match=r"USDC: the mock at .* is USDC with 6 decimals"):
+        deploy(project, deployer, other, out_dir=out_dir)
+    fresh = deploy(project, deployer, other, out_dir=out_dir, fresh=True)
+    assert attach_system(project, fresh.deployment.addresses).usdc.decimals() == 18

@@ -26,11 +26,11 @@ from typing import Any
 import pytest
 import requests
 
-from fabstir.chain.deployments import CONTRACT_NAMES, DEFAULT_DIR, load_deployment
+from fabstir.chain.deployments import DEFAULT_DIR, load_deployment
 from fabstir.chain.params import load_params_file
 
 REPO = Path(__file__).resolve().parents[2]
-USDC = load_params_file("base-sepolia").params.usdc_address
+USDC = next(t.address for t in load_params_file("base-sepolia").params.tokens if t.external)
 MNEMONIC = "test test test test test test test test test test test junk"
 CHECKED_IN = DEFAULT_DIR / "84532.json"
 
@@ -146,7 +146,8 @@ def test_rehearsal_deploys_with_the_live_params(rehearsed: tuple[Rehearsal, str]
     dep = load_deployment(84532, r.out_dir)
     assert dep.network == "base:sepolia:node" and dep.params_name == "base-sepolia"
     assert dep.address("USDC") == USDC and dep.contracts["USDC"].external
-    assert all(not dep.contracts[n].external for n in CONTRACT_NAMES if n != "USDC")
+    assert all(not r.external for n, r in dep.contracts.items() if n != "USDC")
+    assert [(t.symbol, t.mock) for t in dep.tokens] == [("ETH", False), ("USDC", False)]
     assert dep.params == load_params_file("base-sepolia").params.to_dict()
     # Every transaction was priced the EIP-1559 way the params ask for.
     for t in dep.transactions:

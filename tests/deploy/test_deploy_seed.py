@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fabstir.chain.seed import FAB_TARGET, USDC_TARGET, NotLocalChain, ensure_local, seed_local
+from fabstir.chain.seed import FAB_TARGET, TOKEN_TARGET, NotLocalChain, ensure_local, seed_local
 from fabstir.chain.system import attach_system
 from fabstir.models import load_catalogue
 
@@ -20,7 +20,7 @@ def test_seed_funds_accounts_and_registers_models_idempotently(
     report = seed_local(project, dep, recipients, funder=deployer, curator=deployer)
     s = attach_system(project, dep.addresses)
     for acct in recipients:
-        assert s.usdc.balanceOf(acct) == USDC_TARGET
+        assert s.usdc.balanceOf(acct) == TOKEN_TARGET * 10**6
         if acct != deployer:
             assert s.fab.balanceOf(acct) == FAB_TARGET
     catalogue = load_catalogue()

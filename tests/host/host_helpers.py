@@ -40,6 +40,7 @@ from eth_utils import keccak
 from fabstir.host.config import HostConfig
 from fabstir.host.worker import HostWorker
 from fabstir.protocol.messages import (
+    PROTOCOL_VERSION,
     Chunk,
     Close,
     End,
@@ -301,9 +302,13 @@ class ProtocolClient:
 
     _ids = itertools.count(1)
 
-    def __init__(self, ws: Any, hello: Hello) -> None:
+    def __init__(self, ws: Any, hello: Hello, version: int = PROTOCOL_VERSION) -> None:
         self.ws = ws
         self.hello = hello
+        #: The protocol version this client speaks (and says in session_init).
+        self.version = version
+        #: Every frame received, as sent (to check the version of its field names).
+        self.raw: list[str] = []
         self.domain = Eip712Domain(hello.chain_id, hello.marketplace)
         self.session_id: int | None = None
         self.signer: ReceiptSigner | None = None
@@ -315,14 +320,14 @@ class ProtocolClient:
         self.seen: list[Message] = []
 
     @classmethod
-    async def connect(cls, url: str) -> ProtocolClient:
+    async def connect(cls, url: str, version: int = PROTOCOL_VERSION) -> ProtocolClient:
         ws = await websockets.connect(url, max_size=None, open_timeout=20)
         first = parse_message(await asyncio.wait_for(ws.recv(), 20), sender="host")
         if isinstance(first, ErrorMessage):
             await ws.close()
             raise HostRefused(first)
         assert isinstance(first, Hello), first
-        return cls(ws, first)
+        return cls(ws, first, version)
 
     async def reconnect(self, url: str, opened: Opened, **kw: Any) -> ProtocolClient:
         """A new connection resuming this client's session (keeps what it signed)."""
@@ -333,7 +338,7 @@ class ProtocolClient:
         return new
 
     async def send(self, msg: Message) -> None:
-        await self.ws.send(msg.to_json())
+        await self.ws.send(msg.to_json(self.version))
 
     async def send_raw(self, raw: str | bytes) -> None:
         await self.ws.send(raw)
@@ -341,7 +346,9 @@ class ProtocolClient:
     async def recv(self, timeout: float = 30.0) -> Message:
         if self.backlog:
             return self.backlog.popleft()
-        msg = parse_message(await asyncio.wait_for(self.ws.recv(), timeout), sender="host")
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        self.raw.append(raw)
+        msg = parse_message(raw, sender="host")
         self.seen.append(msg)
         return msg
 
@@ -354,7 +361,7 @@ class ProtocolClient:
                 if isinstance(msg, kind):
                     return msg
                 if isinstance(msg, ReceiptAck):
-                    self.acked = max(self.acked, msg.tokens)
+                    self.acked = max(self.acked, msg.tokens_used)
                 skipped.append(msg)
         finally:
             self.backlog.extendleft(reversed(skipped))
@@ -380,7 +387,7 @@ class ProtocolClient:
         self.signer = ReceiptSigner(key.key, self.domain)
         sig = signature or self.signer.sign_session_init(session_id, self.hello.nonce)
         kwargs: dict[str, Any] = {"history": tuple(history)} if history else {}
-        await self.send(SessionInit(session_id=session_id, signature=sig, **kwargs))
+        await self.send(SessionInit(session_id=session_id, signature=sig, v=self.version, **kwargs))
         msg = await self.recv()
         while isinstance(msg, Pong):
             msg = await self.recv()
@@ -406,9 +413,9 @@ class ProtocolClient:
         while self.acked < tokens:
             msg = await self.recv(timeout)
             if isinstance(msg, ReceiptAck):
-                self.acked = max(self.acked, msg.tokens)
+                self.acked = max(self.acked, msg.tokens_used)
                 if reply is not None:
-                    reply.acks.append(msg.tokens)
+                    reply.acks.append(msg.tokens_used)
             elif isinstance(msg, ErrorMessage):
                 raise AssertionError(f"error while waiting for an ack: {msg}")
 
@@ -441,9 +448,9 @@ class ProtocolClient:
                 assert msg.id == rid
                 self.hasher.update_chunk(msg.text)
                 assert msg.content_hash == self.hasher.hexdigest, "chunk hash mismatch"
-                assert msg.tokens >= self.tokens
-                self.tokens = msg.tokens
-                states.add((msg.tokens, msg.content_hash))
+                assert msg.tokens_used >= self.tokens
+                self.tokens = msg.tokens_used
+                states.add((msg.tokens_used, msg.content_hash))
                 reply.chunks.append(msg)
                 reply.text += msg.text
                 if sign and sign_every and self.tokens - last_signed >= sign_every:
@@ -452,14 +459,14 @@ class ProtocolClient:
                 if stop_after is not None and self.tokens >= stop_after:
                     return reply
             elif isinstance(msg, ReceiptRequest):
-                assert (msg.tokens, msg.content_hash) in states, "request for an unseen state"
+                assert (msg.tokens_used, msg.content_hash) in states, "request for an unseen state"
                 reply.requests.append(msg)
-                if sign and msg.tokens > last_signed:
-                    await self.sign(msg.tokens, msg.content_hash)
-                    last_signed = msg.tokens
+                if sign and msg.tokens_used > last_signed:
+                    await self.sign(msg.tokens_used, msg.content_hash)
+                    last_signed = msg.tokens_used
             elif isinstance(msg, ReceiptAck):
-                self.acked = max(self.acked, msg.tokens)
-                reply.acks.append(msg.tokens)
+                self.acked = max(self.acked, msg.tokens_used)
+                reply.acks.append(msg.tokens_used)
             elif isinstance(msg, ErrorMessage):
                 reply.errors.append(msg)
                 if msg.id == rid and not folded:
@@ -467,8 +474,8 @@ class ProtocolClient:
             elif isinstance(msg, End):
                 assert msg.id == rid
                 assert msg.content_hash == self.hasher.hexdigest, "end hash mismatch"
-                assert msg.tokens >= self.tokens
-                self.tokens = msg.tokens
+                assert msg.tokens_used >= self.tokens
+                self.tokens = msg.tokens_used
                 reply.end = msg
                 break
         if reply.end is not None and reply.end.finish_reason in ("error", "budget"):

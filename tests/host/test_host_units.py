@@ -19,8 +19,7 @@ from fabstir.host.metrics import HostMetrics, JsonFormatter, Registry, kv
 from fabstir.host.session import GENESIS_HEX, ServedSession, history_turns
 from fabstir.host.settlement import SettlementLoop
 from fabstir.host.store import SessionStore, SessionTerms
-from fabstir.protocol.messages import ReceiptMessage
-from fabstir.protocol.receipts import ContentHasher, Eip712Domain, ReceiptSigner
+from fabstir.protocol.receipts import ContentHasher, Eip712Domain, Receipt, ReceiptSigner
 from fabstir.sdk.errors import SDKError
 
 KEY = Account.from_key(keccak(text="unit session key"))
@@ -88,7 +87,8 @@ def test_settle_item_carries_only_a_newer_receipt(tmp_path: Path) -> None:
         assert SettlementLoop._item(rec).tokens_used == 0  # type: ignore[arg-type]
         await store.save_receipt(7, 5, "0x" + "aa" * 32, "0x" + "bb" * 65)
         item = SettlementLoop._item(await store.get(7))  # type: ignore[arg-type]
-        assert (item.tokens_used, item.content_hash) == (5, "0x" + "aa" * 32)
+        assert item.receipt is not None
+        assert (item.tokens_used, item.receipt.content_hash) == (5, "0x" + "aa" * 32)
         await store.set_submitted(7, 5)
         assert SettlementLoop._item(await store.get(7)).tokens_used == 0  # type: ignore[arg-type]
         await store.close()
@@ -107,12 +107,8 @@ def _served(states: list[tuple[int, str]]) -> ServedSession:
     return s
 
 
-def _receipt(
-    tokens: int, digest: str, key: object = KEY.key, session_id: int = 7
-) -> ReceiptMessage:
-    return ReceiptMessage.from_receipt(
-        ReceiptSigner(key, DOMAIN).sign(session_id, tokens, digest)  # type: ignore[arg-type]
-    )
+def _receipt(tokens: int, digest: str, key: object = KEY.key, session_id: int = 7) -> Receipt:
+    return ReceiptSigner(key, DOMAIN).sign(session_id, tokens, digest)  # type: ignore[arg-type]
 
 
 def test_receipt_rules() -> None:
@@ -123,7 +119,7 @@ def test_receipt_rules() -> None:
     s = _served([(3, "0x" + a), (5, "0x" + b)])
     assert s.unsigned == 5 and not s.needs_receipt
 
-    def code(msg: ReceiptMessage) -> str:
+    def code(msg: Receipt) -> str:
         with pytest.raises(SDKError) as info:
             s.check_receipt(msg, DOMAIN)
         return info.value.code.value

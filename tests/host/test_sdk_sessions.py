@@ -5,6 +5,7 @@ SDK instance, completion and settlement, and the errors a client can meet."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from fabstir.protocol.messages import (
     new_nonce,
     parse_message,
 )
+from fabstir.protocol.receipts import ContentHasher, Receipt, check_receipt
 from fabstir.sdk.config import SDKConfig
 from fabstir.sdk.errors import SDKError, SDKErrorCode
 from fabstir.sdk.sdk import FabstirSDK
@@ -211,8 +213,8 @@ def test_host_lying_about_the_transcript_gets_no_receipt(
         )
         prompt = parse_message(await ws.recv())
         assert isinstance(prompt, Prompt)
-        bogus = Chunk(id=prompt.id, text="Paris", tokens=5, content_hash="0x" + "ab" * 32)
-        await ws.send(bogus.to_json())
+        bogus = Chunk(id=prompt.id, text="Paris", tokens_used=5, content_hash="0x" + "ab" * 32)
+        await ws.send(bogus.to_json(1))
         await asyncio.sleep(5)
 
     sessions = make_sdk().get_session_manager()
@@ -229,3 +231,95 @@ def test_host_lying_about_the_transcript_gets_no_receipt(
             await sessions.close_all()
 
     run(scenario())
+
+
+def test_sdk_speaks_version_1_to_a_version_1_host(
+    hostenv: HostEnv, make_sdk: Callable[[], FabstirSDK]
+) -> None:
+    """A host that speaks protocol version 1 (the frames as they were, scripted
+    here byte for byte): the SDK sends no `v` in session_init, reads `tokens`
+    in chunk/end/receipt_ack, and signs a receipt sent with `tokens` that the
+    core checker accepts for the session's key."""
+    port = free_port()
+    domain = hostenv.domain
+    seen: dict[str, Any] = {}
+
+    async def old_host(ws: Any) -> None:
+        nonce = new_nonce()
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "hello",
+                    "v": 1,
+                    "nonce": nonce,
+                    "host": hostenv.host.address,
+                    "chain_id": domain.chain_id,
+                    "marketplace": domain.verifying_contract,
+                    "model_id": _model(hostenv),
+                }
+            )
+        )
+        seen["init"] = json.loads(await ws.recv())
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "session_ready",
+                    "session_id": seen["init"]["session_id"],
+                    "tokens_used": 0,
+                    "content_hash": "0x" + "00" * 32,
+                    "max_tokens": 4000,
+                    "proof_interval": 16,
+                    "price_per_token": "250",
+                }
+            )
+        )
+        prompt = json.loads(await ws.recv())
+        hasher = ContentHasher()
+        hasher.update_prompt(prompt["text"])
+        for n, text in enumerate(["Par", "is."], start=1):
+            digest = hasher.update_chunk(text)
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "chunk",
+                        "id": prompt["id"],
+                        "text": text,
+                        "tokens": n,
+                        "content_hash": "0x" + digest.hex(),
+                    }
+                )
+            )
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "end",
+                    "id": prompt["id"],
+                    "tokens": 2,
+                    "content_hash": hasher.hexdigest,
+                    "finish_reason": "stop",
+                }
+            )
+        )
+        seen["receipt"] = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "receipt_ack", "tokens": 2}))
+        await asyncio.sleep(5)
+
+    sessions = make_sdk().get_session_manager()
+
+    async def scenario() -> tuple[int, str]:
+        async with serve(old_host, "127.0.0.1", port):
+            started = await sessions.start_session(
+                _model(hostenv), hostenv.host.address, CONFIG, f"ws://127.0.0.1:{port}"
+            )
+            answer = await sessions.send_prompt(started.session_id, "Capital of France?")
+            await sessions.close_all()
+            return started.session_id, answer
+
+    sid, answer = run(scenario())
+    assert answer == "Paris."
+    assert "v" not in seen["init"] and seen["init"]["type"] == "session_init"
+    raw = seen["receipt"]
+    assert raw["type"] == "receipt" and raw["tokens"] == 2 and "tokens_used" not in raw
+    receipt = Receipt(sid, raw["tokens"], raw["content_hash"], raw["signature"])
+    info = make_sdk().get_session_job_manager().get_session(sid)
+    check_receipt(receipt, domain, session_id=sid, signer=info.session_key)

@@ -54,7 +54,7 @@ def test_malformed_frames_get_error_frames(hostenv: HostEnv, start_worker: Any) 
         ('{"type": "ping", "ts": 1, "ts": 2}', "MALFORMED_MESSAGE"),
         ('{"type": "ping", "ts": NaN}', "MALFORMED_MESSAGE"),
         ('{"type": "ping", "ts": 1, "extra": 0}', "MALFORMED_MESSAGE"),
-        (Chunk(id="x", text="hi", tokens=1, content_hash="0x" + "00" * 32).to_json(),
+        (Chunk(id="x", text="hi", tokens_used=1, content_hash="0x" + "00" * 32).to_json(),
          "UNKNOWN_MESSAGE_TYPE"),
         ("[" * 1000 + "]" * 1000, "MALFORMED_MESSAGE"),
         ('{"type":"prompt","id":"a","text":"\\ud800","max_tokens":4}', "MALFORMED_MESSAGE"),
@@ -192,8 +192,8 @@ def test_receipt_rejections(hostenv: HostEnv, start_worker: Any) -> None:
     async def scenario() -> dict[str, str]:
         client = await start_session(w.url, opened)
         reply = await client.ask("Name three colours.", 12)
-        assert reply.end is not None and client.acked == reply.end.tokens
-        tokens, digest = reply.end.tokens, reply.end.content_hash
+        assert reply.end is not None and client.acked == reply.end.tokens_used
+        tokens, digest = reply.end.tokens_used, reply.end.content_hash
         signer = client.signer
         assert signer is not None
         out = {}
@@ -209,7 +209,7 @@ def test_receipt_rejections(hostenv: HostEnv, start_worker: Any) -> None:
         await send(
             "older",
             ReceiptMessage.from_receipt(
-                signer.sign(opened.session_id, mid.tokens, mid.content_hash)
+                signer.sign(opened.session_id, mid.tokens_used, mid.content_hash)
             ),
         )
         # A state the host never sent: more tokens than it streamed, or another hash.
@@ -219,7 +219,7 @@ def test_receipt_rejections(hostenv: HostEnv, start_worker: Any) -> None:
         )
         reply2 = await client.ask("And three animals.", 12, sign=False)
         assert reply2.end is not None
-        t2, h2 = reply2.end.tokens, reply2.end.content_hash
+        t2, h2 = reply2.end.tokens_used, reply2.end.content_hash
         await send(
             "forged_hash",
             ReceiptMessage.from_receipt(signer.sign(opened.session_id, t2, "0x" + "cd" * 32)),
@@ -233,7 +233,7 @@ def test_receipt_rejections(hostenv: HostEnv, start_worker: Any) -> None:
             "high_s",
             ReceiptMessage(
                 session_id=opened.session_id,
-                tokens=t2,
+                tokens_used=t2,
                 content_hash=h2,
                 signature=high_s(good.signature),
             ),
@@ -283,12 +283,12 @@ def test_prompt_limits(hostenv: HostEnv, start_worker: Any) -> None:
         while end is None:
             msg = await client.recv()
             if msg.TYPE == "chunk":
-                client.tokens = msg.tokens  # type: ignore[attr-defined]
+                client.tokens = msg.tokens_used  # type: ignore[attr-defined]
             if msg.TYPE == "end":
                 end = msg
         out["busy"] = (busy.code, busy.id)
         out["cancelled"] = end.finish_reason  # type: ignore[attr-defined]
-        out["cancelled_tokens"] = end.tokens  # type: ignore[attr-defined]
+        out["cancelled_tokens"] = end.tokens_used  # type: ignore[attr-defined]
         rate = await client.ask("One more?", 2, sign=False)
         out["rate"] = rate.codes
         await client.aclose()

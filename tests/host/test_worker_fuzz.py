@@ -20,6 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 from fabstir.host.config import Limits
 from fabstir.protocol.messages import (
     MESSAGE_TYPES,
+    SUPPORTED_VERSIONS,
     Cancel,
     Close,
     Ping,
@@ -34,7 +35,8 @@ from fabstir.protocol.messages import (
 pytestmark = pytest.mark.usefixtures("hostenv")
 
 FIELDS = sorted(
-    {f for cls in MESSAGE_TYPES.values() for f in cls.__dataclass_fields__} | {"type", "v", "extra"}
+    {f for cls in MESSAGE_TYPES.values() for f in cls.__dataclass_fields__}
+    | {"type", "v", "extra", "tokens"}
 )
 json_scalars = (
     st.none()
@@ -60,15 +62,21 @@ hex32 = st.binary(min_size=32, max_size=32).map(lambda b: "0x" + b.hex())
 sig65 = st.binary(min_size=65, max_size=65).map(lambda b: "0x" + b.hex())
 ids = st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True)
 small = st.integers(min_value=0, max_value=2**53 - 1) | st.integers(min_value=0, max_value=5)
-valid = st.one_of(
+valid_messages = st.one_of(
     st.builds(Prompt, id=ids, text=st.text(max_size=100), max_tokens=st.integers(1, 2**53 - 1)),
     st.builds(Cancel, id=ids),
-    st.builds(ReceiptMessage, session_id=small, tokens=small, content_hash=hex32, signature=sig65),
-    st.builds(SessionInit, session_id=small, signature=sig65),
+    st.builds(
+        ReceiptMessage, session_id=small, tokens_used=small, content_hash=hex32, signature=sig65
+    ),
+    st.builds(SessionInit, session_id=small, signature=sig65, v=st.sampled_from([None, 1, 2])),
     st.builds(Ping, ts=small),
     st.builds(Pong, ts=small),
     st.builds(Close, session_id=small),
-).map(lambda m: m.to_dict())
+)
+# Each frame as either protocol version writes it (version 1: `tokens`, no session_init.v).
+valid = st.tuples(valid_messages, st.sampled_from(sorted(SUPPORTED_VERSIONS))).map(
+    lambda mv: mv[0].to_dict(mv[1])
+)
 
 
 @st.composite

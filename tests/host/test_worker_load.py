@@ -41,7 +41,7 @@ def test_fifty_concurrent_clients(hostenv: HostEnv, start_worker: Any) -> None:
     for tokens, reply in results:
         assert reply.end is not None and reply.end.finish_reason in ("stop", "length")
         assert not reply.errors and reply.text
-        assert 0 < tokens <= 8 and tokens == reply.end.tokens
+        assert 0 < tokens <= 8 and tokens == reply.end.tokens_used
 
     assert w.worker is not None and w.worker.store is not None
     store = w.worker.store

@@ -20,7 +20,7 @@ from host_helpers import (
 )
 
 from fabstir.host.config import Limits
-from fabstir.protocol.messages import End, ErrorMessage, ReceiptAck, SessionReady
+from fabstir.protocol.messages import PROTOCOL_VERSION, End, ErrorMessage, ReceiptAck, SessionReady
 from fabstir.protocol.receipts import GENESIS_HASH
 
 pytestmark = pytest.mark.usefixtures("hostenv")
@@ -40,7 +40,7 @@ def test_full_session_streams_receipts_and_settles(hostenv: HostEnv, start_worke
     async def scenario() -> tuple[list[Any], ProtocolClient]:
         client = await ProtocolClient.connect(w.url)
         hello = client.hello
-        assert hello.v == 1 and hello.chain_id == hostenv.chain.chain_id
+        assert hello.v == PROTOCOL_VERSION == 2 and hello.chain_id == hostenv.chain.chain_id
         assert hello.host == hostenv.host.address
         assert hello.marketplace == hostenv.mk.address
         assert hello.model_id == "0x" + hostenv.model_id.hex()
@@ -58,10 +58,13 @@ def test_full_session_streams_receipts_and_settles(hostenv: HostEnv, start_worke
     for reply in replies:
         assert reply.end is not None and reply.end.finish_reason in ("stop", "length")
         assert reply.text and not reply.errors
+    # A version-2 client gets version-2 frames: the count is `tokens_used`.
+    chunks = [json.loads(r) for r in client.raw if '"type":"chunk"' in r]
+    assert chunks and all("tokens_used" in c and "tokens" not in c for c in chunks)
     # 24 tokens with a proof interval of 8: the host had to stop and ask.
     assert replies[0].requests
     total = client.tokens
-    assert total == replies[1].end.tokens and client.acked == total  # type: ignore[union-attr]
+    assert total == replies[1].end.tokens_used and client.acked == total  # type: ignore[union-attr]
 
     rec = wait_until(lambda: settled(w, opened.session_id))
     assert rec.receipt_tokens == total and rec.settle_tx
@@ -97,9 +100,9 @@ def test_unsigned_token_cap(hostenv: HostEnv, start_worker: Any) -> None:
         return client, reply, again
 
     _, reply, again = run(scenario())
-    assert reply.requests and reply.requests[0].tokens == reply.chunks[-1].tokens
+    assert reply.requests and reply.requests[0].tokens_used == reply.chunks[-1].tokens_used
     assert reply.end is not None and reply.end.finish_reason == "error"
-    assert reply.end.tokens <= 5
+    assert reply.end.tokens_used <= 5
     assert reply.codes == ["RECEIPT_REQUIRED"]
     assert again.end is None and again.codes == ["RECEIPT_REQUIRED"]
     assert w.record(opened.session_id).receipt_tokens == 0
@@ -122,11 +125,11 @@ def test_cap_resumes_when_the_receipt_arrives(hostenv: HostEnv, start_worker: An
     acked, unsigned_max = 0, 0
     for msg in client.seen:
         if isinstance(msg, ReceiptAck):
-            acked = max(acked, msg.tokens)
+            acked = max(acked, msg.tokens_used)
         elif hasattr(msg, "tokens") and not isinstance(msg, ErrorMessage):
-            unsigned_max = max(unsigned_max, msg.tokens - acked)
+            unsigned_max = max(unsigned_max, msg.tokens_used - acked)
     assert unsigned_max <= 4
-    assert w.record(opened.session_id).receipt_tokens == reply.end.tokens
+    assert w.record(opened.session_id).receipt_tokens == reply.end.tokens_used
 
 
 def test_budget_is_never_exceeded(hostenv: HostEnv, start_worker: Any) -> None:
@@ -143,7 +146,7 @@ def test_budget_is_never_exceeded(hostenv: HostEnv, start_worker: Any) -> None:
 
     first, second = run(scenario())
     assert first.end is not None and first.end.finish_reason == "budget"
-    assert first.end.tokens == 10
+    assert first.end.tokens_used == 10
     assert first.codes == ["SESSION_BUDGET_EXHAUSTED"]
     assert second.end is None and second.codes == ["SESSION_BUDGET_EXHAUSTED"]
 
@@ -164,3 +167,25 @@ def test_health_and_models(hostenv: HostEnv, start_worker: Any) -> None:
     assert models["data"][0]["model_id"] == health["model_id"]
     assert http_get(w.http + "/nope")[0] == 404
     assert End  # the message module is what the client speaks
+
+
+def test_version_1_client_is_served_in_version_1(hostenv: HostEnv, start_worker: Any) -> None:
+    """A client that speaks protocol version 1 (no `v` in session_init, receipts with
+    `tokens`) gets every frame in version 1 and is paid for like any other."""
+    w = start_worker()
+    opened = hostenv.open_session(proof_interval=4)
+
+    async def scenario() -> tuple[Any, ProtocolClient]:
+        client = await ProtocolClient.connect(w.url, version=1)
+        assert isinstance(await client.init(opened.session_id, opened.key), SessionReady)
+        reply = await client.ask("Name a colour.", max_tokens=10)
+        await client.close_session()
+        return reply, client
+
+    reply, client = run(scenario())
+    assert reply.end is not None and not reply.errors and reply.acks
+    sent = [json.loads(r) for r in client.raw]
+    counted = [f for f in sent if f["type"] in ("chunk", "end", "receipt_request", "receipt_ack")]
+    assert counted and all("tokens" in f and "tokens_used" not in f for f in counted)
+    rec = wait_until(lambda: settled(w, opened.session_id))
+    assert rec.receipt_tokens == client.tokens == hostenv.session(opened.session_id).tokensUsed

@@ -28,7 +28,7 @@ from marketplace_helpers import (
     Env,
 )
 
-from fabstir.chain.params import DeployParams
+from fabstir.chain.params import MOCK, NATIVE, DeployParams, TokenSpec
 from fabstir.chain.system import ETH, Roles, deploy_system
 
 
@@ -41,8 +41,10 @@ def env(project: Any, accounts: Any) -> Env:
         fee_bps=FEE_BPS,
         settlement_window=SETTLEMENT_WINDOW,
         min_stake=MIN_STAKE,
-        eth_min_deposit=ETH_MIN_DEPOSIT,
-        usdc_min_deposit=USDC_MIN_DEPOSIT,
+        tokens=(
+            TokenSpec("ETH", 18, ETH_MIN_DEPOSIT, NATIVE),
+            TokenSpec("USDC", 6, USDC_MIN_DEPOSIT, MOCK),
+        ),
     )
     roles = Roles(
         curator=curator, slasher=curator, treasurer=treasurer, slash_recipient=slash_recipient

@@ -17,6 +17,7 @@ from fabstir.protocol.messages import (
     MAX_SAFE_INTEGER,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Cancel,
     Chunk,
     Close,
@@ -33,6 +34,7 @@ from fabstir.protocol.messages import (
     ReceiptRequest,
     SessionInit,
     SessionReady,
+    negotiate_version,
     new_nonce,
     parse_message,
 )
@@ -45,7 +47,7 @@ HOST = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 MARKET = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
 SAMPLES: list[Message] = [
-    Hello(v=1, nonce=H32, host=HOST, chain_id=31337, marketplace=MARKET, model_id=H32),
+    Hello(v=2, nonce=H32, host=HOST, chain_id=31337, marketplace=MARKET, model_id=H32),
     SessionInit(session_id=1, signature=SIG),
     SessionReady(
         session_id=1,
@@ -56,11 +58,11 @@ SAMPLES: list[Message] = [
         price_per_token=10**30,
     ),
     Prompt(id="p-1", text='Grüße 🌍\n"quoted"', max_tokens=64),
-    Chunk(id="p-1", text="", tokens=3, content_hash=H32),
-    End(id="p-1", tokens=64, content_hash=H32, finish_reason="length"),
-    ReceiptRequest(tokens=100, content_hash=H32),
-    ReceiptMessage(session_id=1, tokens=100, content_hash=H32, signature=SIG),
-    ReceiptAck(tokens=100),
+    Chunk(id="p-1", text="", tokens_used=3, content_hash=H32),
+    End(id="p-1", tokens_used=64, content_hash=H32, finish_reason="length"),
+    ReceiptRequest(tokens_used=100, content_hash=H32),
+    ReceiptMessage(session_id=1, tokens_used=100, content_hash=H32, signature=SIG),
+    ReceiptAck(tokens_used=100),
     Cancel(id="p-1"),
     Ping(ts=1_700_000_000_000),
     Pong(ts=0),
@@ -88,6 +90,57 @@ def test_round_trip(message: Message) -> None:
     assert type(message).parse(text) == message
     assert Message.parse(text) == message
     assert json.loads(text)["type"] == message.TYPE
+
+
+#: The frames whose cumulative count version 2 renamed from `tokens` to `tokens_used`.
+COUNTED = [
+    m for m in SAMPLES if isinstance(m, Chunk | End | ReceiptRequest | ReceiptMessage | ReceiptAck)
+]
+
+
+def test_version_is_2_and_1_is_still_spoken() -> None:
+    assert PROTOCOL_VERSION == 2 and sorted(SUPPORTED_VERSIONS) == [1, 2]
+    assert negotiate_version(1) == 1 and negotiate_version(2) == 2
+    for bad in (0, 3, "2", True):
+        with pytest.raises(ProtocolError) as info:
+            negotiate_version(bad)  # type: ignore[arg-type]
+        assert info.value.code is SDKErrorCode.UNSUPPORTED_VERSION
+
+
+@pytest.mark.parametrize("message", COUNTED, ids=lambda m: m.TYPE)
+def test_count_is_tokens_used_in_v2_and_tokens_in_v1(message: Message) -> None:
+    v2, v1 = json.loads(message.to_json()), json.loads(message.to_json(1))
+    assert "tokens_used" in v2 and "tokens" not in v2
+    assert "tokens" in v1 and "tokens_used" not in v1
+    assert v1["tokens"] == v2["tokens_used"]
+    # Either version's frame reads back as the same message.
+    assert parse_message(message.to_json(1)) == message == parse_message(message.to_json(2))
+    both = {**v2, "tokens": v2["tokens_used"]}
+    assert _code(json.dumps(both)) is SDKErrorCode.MALFORMED_MESSAGE
+
+
+def test_session_init_says_the_version_from_2_on() -> None:
+    init = SessionInit(session_id=1, signature=SIG, v=2)
+    assert json.loads(init.to_json())["v"] == 2 and init.version == 2
+    # A version-1 host refuses unknown fields: it never sees `v`.
+    assert "v" not in json.loads(init.to_json(1))
+    old = parse_message(init.to_json(1))
+    assert isinstance(old, SessionInit) and old.v is None and old.version == 1
+    raw = json.loads(init.to_json())
+    assert _code(json.dumps({**raw, "v": 3})) is SDKErrorCode.UNSUPPORTED_VERSION
+    with pytest.raises(ProtocolError):
+        init.to_json(3)
+
+
+def test_receipt_frame_is_the_receipt_field_for_field() -> None:
+    domain = Eip712Domain(31337, MARKET)
+    receipt = sign_receipt("0x" + "11" * 32, domain, 5, 42, H32)
+    frame = ReceiptMessage.from_receipt(receipt)
+    assert frame.to_receipt() == receipt
+    assert {k for k in json.loads(frame.to_json()) if k != "type"} == set(receipt.to_dict())
+    for version in (1, 2):
+        parsed = parse_message(frame.to_json(version))
+        assert isinstance(parsed, ReceiptMessage) and parsed.to_receipt() == receipt
 
 
 def test_wire_forms() -> None:
@@ -208,7 +261,8 @@ def _hello(**override: Any) -> str:
         ('{"type": "error", "code": "X", "message": "m", "id": null}',
          SDKErrorCode.MALFORMED_MESSAGE),
         ("[" * 100_000 + "]" * 100_000, SDKErrorCode.MALFORMED_MESSAGE),
-        (_hello(v=2), SDKErrorCode.UNSUPPORTED_VERSION),
+        (_hello(v=3), SDKErrorCode.UNSUPPORTED_VERSION),
+        (_hello(v=0), SDKErrorCode.UNSUPPORTED_VERSION),
         (_hello(v="1"), SDKErrorCode.UNSUPPORTED_VERSION),
         (_hello(host="0x70997970c51812dc3A010C7d01b50e0d17dc79C8"), SDKErrorCode.MALFORMED_MESSAGE),
         (_hello(chain_id=0), SDKErrorCode.MALFORMED_MESSAGE),
@@ -272,7 +326,7 @@ def test_deep_nesting_cannot_crash_a_process_with_a_raised_recursion_limit() -> 
 
 def test_constructing_an_invalid_message_raises() -> None:
     with pytest.raises(ProtocolError):
-        Chunk(id="1", text="x", tokens=-1, content_hash=H32)
+        Chunk(id="1", text="x", tokens_used=-1, content_hash=H32)
     with pytest.raises(ProtocolError):
         Hello(v=1, nonce="nope", host=HOST, chain_id=1, marketplace=MARKET, model_id=H32)
 

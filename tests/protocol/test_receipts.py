@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabstir.protocol.receipts import (
+    CHECKPOINT_TYPEHASH,
     CHUNK_TAG,
     GENESIS_HASH,
     PROMPT_TAG,
@@ -28,6 +29,7 @@ from fabstir.protocol.receipts import (
     ProofVerifier,
     Receipt,
     ReceiptSigner,
+    check_receipt,
     checkpoint_typed_data,
     expected_receipt_signer,
     receipt_digest,
@@ -389,3 +391,51 @@ def test_expected_receipt_signer_rule() -> None:
     with pytest.raises(SDKError) as info:
         expected_receipt_signer("0x12", ADDR0)
     assert info.value.code is SDKErrorCode.INVALID_ADDRESS
+
+
+def test_check_receipt_is_the_one_rule_set_with_one_code_per_rule() -> None:
+    """The checker the SDK, the host and ProofVerifier share: each rule, its code."""
+    good = sign_receipt(KEY0, DOMAIN, 7, 50, HASH)
+
+    def code(receipt: Receipt, **kw: Any) -> str:
+        args: dict[str, Any] = {"session_id": 7, "signer": ADDR0, **kw}
+        with pytest.raises(SDKError) as info:
+            check_receipt(receipt, DOMAIN, **args)
+        return info.value.code.value
+
+    check_receipt(good, DOMAIN, session_id=7, signer=ADDR0.lower())
+    check_receipt(good, DOMAIN, session_id=7, signer=ADDR0, recorded=49, max_tokens=50)
+    check_receipt(good, DOMAIN, session_id=7, signer=ADDR0, sent={(50, good.content_hash)})
+    assert code(good, session_id=8) == "PROOF_VERIFICATION_FAILED"
+    assert code(good, recorded=50) == "STALE_RECEIPT"
+    assert code(good, max_tokens=49) == "SESSION_BUDGET_EXHAUSTED"
+    assert code(good, sent={(49, good.content_hash)}) == "PROOF_VERIFICATION_FAILED"
+    malformed = Receipt(7, 50, HASH, good.signature[:-2] + "1d")  # v = 29
+    assert code(malformed) == "INVALID_PROOF"
+    # Another signer: a wrong key when the fields are a state that was sent, else
+    # possibly altered fields (both recover another address).
+    other = sign_receipt(KEY1, DOMAIN, 7, 50, HASH)
+    assert code(other, sent={(50, other.content_hash)}) == "WRONG_SIGNER"
+    assert code(other) == "PROOF_VERIFICATION_FAILED"
+    altered = Receipt(7, 51, HASH, good.signature)
+    assert code(altered) == "PROOF_VERIFICATION_FAILED"
+    # The zero address never signs, even where the expected signer says so.
+    assert code(good, signer="0x" + "00" * 20) == "PROOF_VERIFICATION_FAILED"
+
+
+def test_receipt_call_args_are_what_the_contract_takes() -> None:
+    r = sign_receipt(KEY0, DOMAIN, 7, 50, HASH)
+    assert r.call_args() == (7, 50, bytes.fromhex(HASH[2:]), r.signature_bytes)
+    assert r.digest == keccak(
+        CHECKPOINT_TYPEHASH + (7).to_bytes(32, "big") + (50).to_bytes(32, "big") + r.call_args()[2]
+    )
+
+
+def test_receipt_from_mapping_takes_either_spelling() -> None:
+    r = sign_receipt(KEY0, DOMAIN, 7, 50, HASH)
+    assert Receipt.from_mapping(r.to_dict()) == r
+    camel = {"sessionId": 7, "tokensUsed": 50, "contentHash": HASH, "proofData": r.signature}
+    assert Receipt.from_mapping(camel) == r
+    with pytest.raises(SDKError) as info:
+        Receipt.from_mapping({"session_id": 7, "tokens_used": 50, "content_hash": HASH})
+    assert info.value.code is SDKErrorCode.INVALID_ARGUMENT and "signature" in info.value.message

@@ -29,7 +29,7 @@ import pytest
 from ape_ethereum.trace import Trace
 from eth_utils.crypto import keccak
 
-from fabstir.chain.params import DeployParams
+from fabstir.chain.params import MOCK, NATIVE, DeployParams, TokenSpec
 from fabstir.chain.system import ETH, Roles, deploy_system
 from fabstir.protocol.receipts import Eip712Domain, sign_receipt
 from fabstir.sdk.sdk import FabstirSDK
@@ -67,8 +67,7 @@ def env(project: Any, accounts: Any, chain: Any) -> SimpleNamespace:
         settlement_window=SETTLEMENT_WINDOW,
         min_stake=MIN_STAKE,
         unbonding_period=UNBONDING,
-        eth_min_deposit=5 * 10**14,
-        usdc_min_deposit=1 * USDC,
+        tokens=(TokenSpec("ETH", 18, 5 * 10**14, NATIVE), TokenSpec("USDC", 6, 1 * USDC, MOCK)),
     )
     roles = Roles(curator=curator, slasher=curator, treasurer=treasurer, slash_recipient=deployer)
     s = deploy_system(project, deployer, params, roles)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from fabstir.chain.deployments import ContractRecord, Deployment, write_deployment
+from fabstir.chain.deployments import ContractRecord, Deployment, TokenRecord, write_deployment
 from fabstir.protocol.receipts import sign_receipt
 from fabstir.sdk.errors import SDKError, SDKErrorCode
 from fabstir.sdk.sdk import FabstirSDK
@@ -34,6 +34,7 @@ from fabstir.sdk.types import (
 pytestmark = pytest.mark.usefixtures("env")
 
 MakeSdk = Callable[..., FabstirSDK]
+ETH = "0x" + "00" * 20
 CONFIG = {"pricePerToken": 200, "duration": 3600, "proofInterval": 100}
 MODEL_B_CONTENT = b"pretend this is a gguf file\n" * 100
 
@@ -80,6 +81,35 @@ def test_addresses_come_from_the_deployment_file(env: SimpleNamespace, tmp_path:
     assert sdk.get_contract_address("fab_token") == env.addresses["FABToken"]
     assert sdk.start_block() == 1
     assert sdk.get_model_manager().is_model_approved(env.model_a)
+
+
+def test_payment_tokens_come_from_the_record_else_the_marketplace(
+    env: SimpleNamespace, make_sdk: MakeSdk, tmp_path: Path
+) -> None:
+    usdc = env.addresses["USDC"]
+    # No deployment file: the marketplace's tokens(), each token's symbol() and decimals().
+    read = make_sdk().payment_tokens()
+    assert [(t.address, t.symbol, t.decimals) for t in read] == [
+        (ETH, "ETH", 18),
+        (usdc, "USDC", 6),
+    ]
+    # A record with the token table: the SDK takes symbols and decimals from it, and a
+    # symbol that is no contract name of the SDK's (here "XYZ") loads without error.
+    records = {n: ContractRecord(address=a, block=1) for n, a in env.addresses.items()}
+    records["XYZ"] = ContractRecord(address=usdc, block=1, contract_type="MockERC20")
+    dep = Deployment(env.chain_id, "local", env.deployer.address, records, {}, {})
+    dep.tokens = [
+        TokenRecord("ETH", 18, ETH, mock=False, min_deposit=1),
+        TokenRecord("XYZ", 6, usdc, mock=True, min_deposit=1),
+    ]
+    write_deployment(dep, tmp_path)
+    sdk = FabstirSDK(rpc_url=env.rpc_url, chain_id=env.chain_id, deployments_dir=tmp_path)
+    assert [(t.symbol, t.decimals) for t in sdk.payment_tokens()] == [("ETH", 18), ("XYZ", 6)]
+    assert sdk.get_token("xyz").address == usdc and sdk.get_token(usdc).symbol == "XYZ"
+    assert sdk.get_payment_manager().get_min_deposit("XYZ") == "1.0"
+    with pytest.raises(SDKError) as err:
+        sdk.get_token("ABC")  # neither a listed symbol nor an address
+    assert err.value.code is SDKErrorCode.INVALID_ADDRESS
 
 
 def test_missing_contracts_are_discovered_from_the_marketplace(env: SimpleNamespace) -> None:

@@ -32,7 +32,8 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
-from fabstir.chain.abi import CONTRACTS, load_abi
+from fabstir.chain.abi import CONTRACTS as ABI_CONTRACTS
+from fabstir.chain.abi import load_abi
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class ErrorDecoder:
 
     def __init__(self) -> None:
         self._errors: dict[bytes, tuple[str, list[str]]] = {}
-        for name in CONTRACTS:
+        for name in ABI_CONTRACTS:
             for item in load_abi(name):
                 if item.get("type") != "error":
                     continue
@@ -177,7 +178,9 @@ class ChainClient:
 
     def contract(self, name: str, address: str | None = None) -> Contract:
         """Contract `name` at its deployed address (or at `address`, e.g. a token)."""
-        abi_name = "MockUSDC" if name == "USDC" else name
+        # Names without an ABI of their own are payment tokens (their symbols):
+        # MockERC20's ABI covers the ERC-20 calls made on any of them.
+        abi_name = name if name in ABI_CONTRACTS else "MockERC20"
         if address is not None:
             return self.w3.eth.contract(
                 address=to_checksum_address(address), abi=load_abi(abi_name)

@@ -26,7 +26,6 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 from fabstir.chain.deployments import (
-    CONTRACT_NAMES,
     ContractRecord,
     Deployment,
     archive_deployment,
@@ -36,10 +35,10 @@ from fabstir.chain.deployments import (
     read_deployment,
     write_deployment,
 )
-from fabstir.chain.params import DEPLOYER, ParamsFile
+from fabstir.chain.params import DEPLOYER, DeployParams, ParamsFile
 from fabstir.chain.system import (
-    CONTRACT_TYPES,
     LEDGER_GROUP,
+    MOCK_TOKEN_TYPE,
     Log,
     Roles,
     System,
@@ -47,7 +46,11 @@ from fabstir.chain.system import (
     address_of,
     attach_system,
     code_hash,
+    contract_type,
     deploy_system,
+    deployment_names,
+    mock_token_name,
+    token_records,
 )
 from fabstir.chain.verify import ExpectedWiring, VerifyReport, WiringError, verify_system
 
@@ -184,9 +187,17 @@ def expected_wiring(pf: ParamsFile, chain_id: int, system: System, deployer: str
         params=pf.params,
         chain_id=chain_id,
         fab=address_of(system.fab),
-        usdc=address_of(system.usdc),
+        tokens=token_records(pf.params, system),
         roles=pf.roles.resolve(deployer),
     )
+
+
+def configured_addresses(p: DeployParams) -> dict[str, str]:
+    """Contracts the params name by address (never deployed here): FAB if given, and
+    every token of the table that is neither the coin nor a mock."""
+    configured = {"FABToken": p.fab_address} if p.fab_address else {}
+    configured.update({t.symbol: t.address for t in p.erc20_tokens if t.external})
+    return {name: str(a) for name, a in configured.items()}
 
 
 def roles_for(pf: ParamsFile, deployer: str) -> Roles:
@@ -214,8 +225,9 @@ def assess_existing(
     reuse: dict[str, tuple[Any, ContractRecord]] = {}
     reasons: list[str] = []
     any_code = False
-    configured = {"FABToken": p.fab_address, "USDC": p.usdc_address}
-    for name in CONTRACT_NAMES:
+    configured = configured_addresses(p)
+    mocks = {t.symbol: t for t in p.erc20_tokens if t.mock}
+    for name in deployment_names(p):
         rec = existing.contracts.get(name)
         if configured.get(name):
             if rec is not None and rec.address.lower() != str(configured[name]).lower():
@@ -231,11 +243,22 @@ def assess_existing(
             reasons.append(f"{name}: no code at {rec.address}")
             continue
         any_code = True
-        container = getattr(project, CONTRACT_TYPES[name])
+        container = getattr(project, contract_type(name))
         if rec.code_hash != code_hash(container):
             reasons.append(f"{name}: the contract's code changed since {rec.address} was deployed")
             continue
-        reuse[name] = (container.at(rec.address), rec)
+        instance = container.at(rec.address)
+        # A mock's symbol and decimals are constructor arguments, outside the code hash.
+        if name in mocks and (instance.symbol(), instance.decimals()) != (
+            name,
+            mocks[name].decimals,
+        ):
+            reasons.append(
+                f"{name}: the mock at {rec.address} is {instance.symbol()} with"
+                f" {instance.decimals()} decimals; the params want {mocks[name].decimals}"
+            )
+            continue
+        reuse[name] = (instance, rec)
 
     def final(name: str) -> str | None:
         if configured.get(name):
@@ -303,7 +326,8 @@ def estimate_cost(
     nonce = int(deployer.nonce)
     txs: list[PlannedTx] = []
     predicted: dict[str, str] = {}
-    configured = {"FABToken": p.fab_address, "USDC": p.usdc_address}
+    configured = configured_addresses(p)
+    names = deployment_names(p)
 
     def addr(name: str) -> str:
         if configured.get(name):
@@ -312,17 +336,19 @@ def estimate_cost(
             return reuse[name][1].address
         return predicted[name]
 
-    to_deploy = [n for n in CONTRACT_NAMES if not configured.get(n) and n not in reuse]
+    to_deploy = [n for n in names if not configured.get(n) and n not in reuse]
     if any(n in to_deploy for n in LEDGER_GROUP):
         to_deploy = [n for n in to_deploy if n not in LEDGER_GROUP] + list(LEDGER_GROUP)
     for i, name in enumerate(to_deploy):
         predicted[name] = to_checksum_address(deployer.get_deployment_address(nonce + i))
     args: dict[str, tuple[Any, ...]] = {
         "FABToken": (me, p.fab_supply),
-        "USDC": (),
         "ModelRegistry": (me,),
         "ProofSystem": (),
     }
+    for spec in p.erc20_tokens:
+        if spec.mock:
+            args[spec.symbol] = (mock_token_name(spec.symbol), spec.symbol, spec.decimals)
     if "NodeRegistry" in to_deploy:
         args["NodeRegistry"] = (
             me, addr("FABToken"), addr("ModelRegistry"), p.min_stake, p.unbonding_period, roles["slash_recipient"],
@@ -333,10 +359,10 @@ def estimate_cost(
         args["Treasury"] = (me, mkt)
         args["JobMarketplace"] = (
             me, addr("NodeRegistry"), addr("ProofSystem"), predicted["HostEarnings"], predicted["Treasury"],
-            p.fee_bps, p.settlement_window, p.eth_min_deposit,
+            p.fee_bps, p.settlement_window, p.native_token.min_deposit,
         )  # fmt: skip
     for name in to_deploy:
-        container = getattr(project, CONTRACT_TYPES[name])
+        container = getattr(project, contract_type(name))
         initcode = bytes.fromhex(container.contract_type.deployment_bytecode.bytecode[2:])
         data = initcode + bytes(container.constructor.encode_input(*args[name]))
         if name == "JobMarketplace":
@@ -353,7 +379,7 @@ def estimate_cost(
         ("NodeRegistry.grantRole(MARKETPLACE_ROLE)", "grantRole"),
         ("NodeRegistry.grantRole(SLASHER_ROLE)", "grantRole"),
         ("Treasury.grantRole(TREASURER_ROLE)", "grantRole"),
-        ("JobMarketplace.configureToken(USDC)", "configureToken"),
+        *((f"JobMarketplace.configureToken({s.symbol})", "configureToken") for s in p.erc20_tokens),
     ]
     for role in ("pauser", "token_admin"):
         if roles[role] != me:
@@ -426,19 +452,24 @@ def deploy(
         raise DeployError(
             f"params {pf.name!r} are for chain {pf.chain_id}, connected to chain {chain_id}"
         )
-    if live and not p.usdc_address:
+    mocks = [t.symbol for t in p.erc20_tokens if t.mock]
+    if live and mocks:
         raise DeployError(
-            "live network: the params must name the USDC address (MockUSDC is for local chains)"
+            f"live network: the params must name the address of {', '.join(mocks)}"
+            " (a 'mock' token is for local chains)"
         )
-    for what, address, decimals in (("USDC", p.usdc_address, 6), ("FAB", p.fab_address, 18)):
-        if address:
-            if len(provider.web3.eth.get_code(to_checksum_address(address))) == 0:
-                raise DeployError(f"configured {what} {address} has no code on chain {chain_id}")
-            token = getattr(project, "MockUSDC" if what == "USDC" else "FABToken").at(address)
-            if token.decimals() != decimals:
-                raise DeployError(
-                    f"configured {what} {address} has {token.decimals()} decimals, not {decimals}"
-                )
+    expected_decimals = {t.symbol: t.decimals for t in p.erc20_tokens}
+    expected_decimals["FABToken"] = 18
+    for what, address in configured_addresses(p).items():
+        if len(provider.web3.eth.get_code(to_checksum_address(address))) == 0:
+            raise DeployError(f"configured {what} {address} has no code on chain {chain_id}")
+        # Any ERC-20 ABI reads decimals(); MockERC20's is one.
+        token = getattr(project, MOCK_TOKEN_TYPE).at(address)
+        if token.decimals() != expected_decimals[what]:
+            raise DeployError(
+                f"configured {what} {address} has {token.decimals()} decimals,"
+                f" not {expected_decimals[what]}"
+            )
 
     existing = None if fresh else read_deployment(chain_id, out_dir)
     reuse: dict[str, tuple[Any, ContractRecord]] = {}
@@ -472,11 +503,17 @@ def deploy(
                 ) from err
             status = {
                 n: ("external" if existing.contracts[n].external else "reused")
-                for n in CONTRACT_NAMES
+                for n in deployment_names(p)
             }
-            for n in CONTRACT_NAMES:
+            for n in status:
                 say(f"  {status[n]:<8} {n:<15} {existing.contracts[n].address}")
-            return DeployResult(existing, deployment_path(chain_id, out_dir), status, report)
+            path = deployment_path(chain_id, out_dir)
+            tokens = token_records(p, system)
+            if existing.tokens != tokens:
+                # A record written before the token table: add it (nothing is sent).
+                existing.tokens = tokens
+                path = write_deployment(existing, out_dir)
+            return DeployResult(existing, path, status, report)
         else:
             if address_of(existing.deployer) != me:
                 raise DeployError(
@@ -546,6 +583,7 @@ def deploy(
     sender.on_deployed = record
     system = deploy_system(project, deployer, p, roles_for(pf, me), sender=sender, reuse=reuse)
     base.contracts = dict(system.records)
+    base.tokens = token_records(p, system)
     base.transactions = prior_txs + sender.transactions
     path = write_deployment(base, out_dir)
     try:
@@ -559,7 +597,7 @@ def deploy(
     base.complete = True
     base.verified_block = report.block
     path = write_deployment(base, out_dir)
-    for n in CONTRACT_NAMES:
+    for n in system.records:
         say(f"  {system.status[n]:<8} {n:<15} {system.records[n].address}")
     return DeployResult(base, path, dict(system.status), report, list(sender.transactions), cost)
 

@@ -26,10 +26,10 @@ SCHEMA = 1
 ENV_DIR = "FABSTIR_DEPLOYMENTS_DIR"
 DEFAULT_DIR = REPO_ROOT / "deployments"
 
-# Deployment order; also the names the SDK asks for.
-CONTRACT_NAMES = (
+# The system's own contracts, in deployment order (payment tokens that are deployed
+# here, the token table's mocks, come right after FABToken under their symbols).
+CORE_CONTRACTS = (
     "FABToken",
-    "USDC",
     "ModelRegistry",
     "NodeRegistry",
     "ProofSystem",
@@ -37,7 +37,7 @@ CONTRACT_NAMES = (
     "Treasury",
     "JobMarketplace",
 )
-_ALIASES = {"fab": "FABToken", "mockusdc": "USDC"}
+_ALIASES = {"fab": "FABToken"}
 
 
 class DeploymentError(Exception):
@@ -55,6 +55,21 @@ class ContractRecord:
     code_hash: str | None = None
     contract_type: str | None = None
     external: bool = False
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """One payment token as deployed: the params file's token table, with addresses.
+
+    address: the zero address for the chain's coin. mock: a MockERC20 deployed here
+    (local chains only: anyone may mint it), as opposed to a real token or the coin.
+    """
+
+    symbol: str
+    decimals: int
+    address: str
+    mock: bool
+    min_deposit: int
 
 
 @dataclass(frozen=True)
@@ -83,17 +98,27 @@ class Deployment:
     complete: bool = True
     verified_block: int | None = None
     updated_at: str = ""
+    # The payment tokens the marketplace accepts, in its order (the chain's coin first).
+    tokens: list[TokenRecord] = field(default_factory=list)
     schema: int = SCHEMA
 
     def address(self, name: str) -> str:
-        """Address of contract `name` (e.g. "JobMarketplace", "USDC", "FABToken")."""
+        """Address of contract `name` (e.g. "JobMarketplace", "FABToken") or of a
+        payment token by symbol (e.g. "USDC")."""
         key = _ALIASES.get(name.lower(), name)
         for known, record in self.contracts.items():
             if known.lower() == key.lower():
                 return record.address
+        token = self.token(name)
+        if token is not None:
+            return token.address
         raise DeploymentError(
             f"deployment on chain {self.chain_id} has no {name!r}; it has {', '.join(self.contracts)}"
         )
+
+    def token(self, symbol: str) -> TokenRecord | None:
+        """The payment token with `symbol` (case-insensitive), or None."""
+        return next((t for t in self.tokens if t.symbol.lower() == symbol.lower()), None)
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -108,6 +133,7 @@ class Deployment:
         data = asdict(self)
         data["contracts"] = {n: asdict(r) for n, r in self.contracts.items()}
         data["transactions"] = [asdict(t) for t in self.transactions]
+        data["tokens"] = [asdict(t) for t in self.tokens]
         return data
 
     @classmethod
@@ -128,6 +154,9 @@ class Deployment:
             complete=bool(data.get("complete", True)),
             verified_block=data.get("verified_block"),
             updated_at=str(data.get("updated_at", "")),
+            # Records written before the token table have none: readers fall back to
+            # the chain (the marketplace's tokens()) for them.
+            tokens=[TokenRecord(**t) for t in data.get("tokens", [])],
         )
 
 

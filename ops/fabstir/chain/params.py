@@ -2,12 +2,18 @@
 
 A params file is JSON with a free-text "comment" (documentation), the network it is
 meant for ("network", "chain_id"), the contract parameters (the DeployParams fields),
-who gets which role ("roles") and how live transactions are priced ("gas").
+the payment tokens ("tokens", see TokenSpec), who gets which role ("roles") and how
+live transactions are priced ("gas").
+
+The token table is the only place a payment token is named: deploy, verification,
+the deployment record, the SDK and the CLI all read it, so a new token is one more
+row in the params file.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,8 @@ PARAMS_DIR = REPO_ROOT / "deployments" / "params"
 
 # Keys of a params file that are not contract parameters.
 _FILE_KEYS = {"comment", "network", "chain_id", "roles", "gas"}
+# Keys that the token table replaced; named in the error so an old file is easy to fix.
+_MOVED_TO_TOKENS = {"eth_min_deposit", "usdc_min_deposit", "usdc_address"}
 
 # Which params file `deploy` picks by default on a chain.
 DEFAULT_PARAMS_BY_CHAIN = {31337: "local", 1337: "local", 84532: "base-sepolia"}
@@ -28,6 +36,125 @@ class ParamsError(ValueError):
     """A params file is malformed or does not fit the chain it is used on."""
 
 
+# TokenSpec.address values that are not addresses.
+NATIVE = "native"
+MOCK = "mock"
+# A symbol is also a deployment-record key and a CLI argument: keep it plain.
+_SYMBOL = re.compile(r"[A-Za-z][A-Za-z0-9]{0,10}")
+# Names the SDK and CLI already give a meaning (the staking token, the contracts).
+_RESERVED_SYMBOLS = {
+    "fab",
+    "fabtoken",
+    "jobmarketplace",
+    "noderegistry",
+    "modelregistry",
+    "proofsystem",
+    "hostearnings",
+    "treasury",
+}
+# JobMarketplace.TokenConfig.minDeposit is a uint96; amounts parse up to 77 decimals.
+_MAX_MIN_DEPOSIT = 2**96 - 1
+_MAX_DECIMALS = 77
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """One payment token of the params file's "tokens" table.
+
+    address: "native" for the chain's own coin (the marketplace's address(0); exactly
+    one row, 18 decimals), "mock" to deploy a mintable MockERC20 with this symbol and
+    decimals (local chains only), or the 0x address of an existing ERC-20.
+    min_deposit: least escrow per session, in the token's smallest unit.
+    """
+
+    symbol: str
+    decimals: int
+    min_deposit: int
+    address: str
+
+    @property
+    def native(self) -> bool:
+        return self.address == NATIVE
+
+    @property
+    def mock(self) -> bool:
+        return self.address == MOCK
+
+    @property
+    def external(self) -> bool:
+        """An existing ERC-20 named by address (never deployed here)."""
+        return not (self.native or self.mock)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> TokenSpec:
+        if not isinstance(data, dict):
+            raise ParamsError(f"{where} must be an object, got {data!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known - {"comment"}
+        missing = known - set(data)
+        if unknown or missing:
+            raise ParamsError(
+                f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)};"
+                f" a token has {', '.join(sorted(known))}"
+            )
+        symbol, decimals, minimum, address = (
+            data["symbol"],
+            data["decimals"],
+            data["min_deposit"],
+            data["address"],
+        )
+        if not isinstance(symbol, str) or not _SYMBOL.fullmatch(symbol):
+            raise ParamsError(
+                f"{where}.symbol must be a letter then up to 10 letters or digits, got {symbol!r}"
+            )
+        if symbol.lower() in _RESERVED_SYMBOLS:
+            raise ParamsError(f"{where}.symbol {symbol!r} is reserved (a contract's name)")
+        if not _is_uint(decimals) or decimals > _MAX_DECIMALS:
+            raise ParamsError(f"{where}.decimals must be an integer 0..{_MAX_DECIMALS}")
+        if not _is_uint(minimum) or minimum > _MAX_MIN_DEPOSIT:
+            raise ParamsError(f"{where}.min_deposit must be an integer 0..2**96-1")
+        if address not in (NATIVE, MOCK) and not _is_address(address):
+            raise ParamsError(
+                f"{where}.address must be {NATIVE!r}, {MOCK!r} or a 0x address, got {address!r}"
+            )
+        if address == NATIVE and decimals != 18:
+            raise ParamsError(f"{where}: the native coin has 18 decimals, not {decimals}")
+        return cls(symbol, decimals, minimum, address)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# What a params file without a "tokens" table gets (and what tests deploy by default):
+# ETH and a mock 6-decimal stablecoin, as deployments/params/local.json lists them.
+DEFAULT_TOKENS = (
+    TokenSpec("ETH", 18, 5 * 10**14, NATIVE),
+    TokenSpec("USDC", 6, 1_000_000, MOCK),
+)
+
+
+def parse_tokens(data: Any) -> tuple[TokenSpec, ...]:
+    """The "tokens" table of a params file: exactly one native row, unique symbols."""
+    if not isinstance(data, list) or not data:
+        raise ParamsError('"tokens" must be a non-empty list of token objects')
+    tokens = tuple(TokenSpec.from_dict(t, f"tokens[{i}]") for i, t in enumerate(data))
+    natives = [t.symbol for t in tokens if t.native]
+    if len(natives) != 1:
+        raise ParamsError(
+            f'"tokens" needs exactly one row with address "{NATIVE}" (the chain\'s coin),'
+            f" found {len(natives)}"
+        )
+    seen: set[str] = set()
+    for t in tokens:
+        if t.symbol.lower() in seen:
+            raise ParamsError(f'"tokens" lists {t.symbol!r} twice')
+        seen.add(t.symbol.lower())
+    addresses = [t.address.lower() for t in tokens if t.external]
+    if len(set(addresses)) != len(addresses):
+        raise ParamsError('"tokens" lists one address under two symbols')
+    return tokens
+
+
 @dataclass(frozen=True)
 class DeployParams:
     """Everything `deploy` sets, in the smallest unit of each token."""
@@ -36,30 +163,52 @@ class DeployParams:
     settlement_window: int = 3600
     min_stake: int = 1000 * 10**18
     unbonding_period: int = 7 * 24 * 3600
-    eth_min_deposit: int = 5 * 10**14
-    usdc_min_deposit: int = 1_000_000
     fab_supply: int = 10**9 * 10**18
-    # Live networks name real token addresses; None means deploy a local mock.
-    usdc_address: str | None = None
+    # A live FAB address; None means deploy a new FABToken.
     fab_address: str | None = None
+    # The payment tokens (see TokenSpec), in the order the marketplace lists them.
+    tokens: tuple[TokenSpec, ...] = DEFAULT_TOKENS
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeployParams:
         known = {f.name for f in fields(cls)}
+        moved = set(data) & _MOVED_TO_TOKENS
+        if moved:
+            raise ParamsError(
+                f'{sorted(moved)} moved into the "tokens" table (symbol, decimals,'
+                ' address or "native"/"mock", min_deposit); see deployments/params/local.json'
+            )
         unknown = set(data) - known - _FILE_KEYS
         if unknown:
             raise ParamsError(f"unknown deployment parameters: {sorted(unknown)}")
+        values: dict[str, Any] = {}
         for name in known & set(data):
             value = data[name]
+            if name == "tokens":
+                values[name] = parse_tokens(value)
+                continue
             if name.endswith("_address"):
                 if value is not None and not _is_address(value):
                     raise ParamsError(f"{name} must be a 0x address or null, got {value!r}")
-            elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            elif not _is_uint(value):
                 raise ParamsError(f"{name} must be a non-negative integer, got {value!r}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+            values[name] = value
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["tokens"] = [t.to_dict() for t in self.tokens]
+        return data
+
+    @property
+    def native_token(self) -> TokenSpec:
+        """The chain's coin (the marketplace's address(0); its constructor takes its minimum)."""
+        return next(t for t in self.tokens if t.native)
+
+    @property
+    def erc20_tokens(self) -> tuple[TokenSpec, ...]:
+        """The ERC-20 rows, in table order (the order the marketplace lists them)."""
+        return tuple(t for t in self.tokens if not t.native)
 
 
 ROLE_NAMES = (
@@ -166,6 +315,10 @@ class ParamsFile:
             gas=GasConfig.from_dict(data.get("gas", {})),
             comment=str(comment),
         )
+
+
+def _is_uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _is_address(value: Any) -> bool:

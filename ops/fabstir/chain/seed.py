@@ -1,6 +1,7 @@
 """Seed a local chain so the demo and the tests find a ready marketplace.
 
-Tops up MockUSDC (minted) and FAB (from the deployer) for the standard test accounts
+Tops up every mock payment token of the deployment's token table (minted) and FAB
+(from the deployer) for the standard test accounts
 and adds + approves every model of models/catalogue.json. Idempotent: balances are
 topped up to a target, models that exist or are approved are skipped.
 
@@ -28,7 +29,8 @@ KNOWN_LIVE = {
     8453: "Base mainnet",
     84532: "Base Sepolia (or its local rehearsal)",
 }
-USDC_TARGET = 10_000 * 10**6
+# Whole tokens each recipient is topped up to, of every mock payment token.
+TOKEN_TARGET = 10_000
 FAB_TARGET = 10_000 * 10**18
 _APPROVED = 2  # ModelRegistry.Status.Approved
 
@@ -63,7 +65,7 @@ def seed_local(
     *,
     funder: Any,
     curator: Any,
-    usdc_target: int = USDC_TARGET,
+    token_target: int = TOKEN_TARGET,
     fab_target: int = FAB_TARGET,
     catalogue: Path = CATALOGUE_PATH,
 ) -> SeedReport:
@@ -74,18 +76,21 @@ def seed_local(
             f"deployment is for chain {deployment.chain_id}, connected to {provider.chain_id}"
         )
     report = SeedReport()
-    usdc = project.MockUSDC.at(deployment.address("USDC"))
+    mocks = [(t, project.MockERC20.at(t.address)) for t in deployment.tokens if t.mock]
     fab = project.FABToken.at(deployment.address("FABToken"))
     registry = project.ModelRegistry.at(deployment.address("ModelRegistry"))
 
     for account in recipients:
         who = address_of(account)
-        balance = int(usdc.balanceOf(who))
-        if balance < usdc_target:
-            usdc.mint(who, usdc_target - balance, sender=funder)
-            report.done.append(f"minted {(usdc_target - balance) / 10**6:,.2f} USDC to {who}")
-        else:
-            report.skipped.append(f"USDC {who}")
+        for spec, token in mocks:
+            target = token_target * 10**spec.decimals
+            balance = int(token.balanceOf(who))
+            if balance < target:
+                token.mint(who, target - balance, sender=funder)
+                minted = (target - balance) / 10**spec.decimals
+                report.done.append(f"minted {minted:,.2f} {spec.symbol} to {who}")
+            else:
+                report.skipped.append(f"{spec.symbol} {who}")
         if who == address_of(funder):
             continue
         balance = int(fab.balanceOf(who))

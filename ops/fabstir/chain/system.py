@@ -18,7 +18,7 @@ from typing import Any
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from fabstir.chain.deployments import CONTRACT_NAMES, ContractRecord, TxRecord
+from fabstir.chain.deployments import CORE_CONTRACTS, ContractRecord, TokenRecord, TxRecord
 from fabstir.chain.params import DeployParams
 
 ETH = "0x0000000000000000000000000000000000000000"
@@ -39,10 +39,9 @@ def address_of(account: Any) -> str:
     return to_checksum_address(account if isinstance(account, str) else account.address)
 
 
-# Which contract type each deployment name is built from.
+# Which contract type each of the system's own contracts is built from.
 CONTRACT_TYPES = {
     "FABToken": "FABToken",
-    "USDC": "MockUSDC",
     "ModelRegistry": "ModelRegistry",
     "NodeRegistry": "NodeRegistry",
     "ProofSystem": "ProofSystem",
@@ -50,8 +49,26 @@ CONTRACT_TYPES = {
     "Treasury": "Treasury",
     "JobMarketplace": "JobMarketplace",
 }
+# What every "mock" row of the token table is deployed as; also the ABI for ERC-20 reads.
+MOCK_TOKEN_TYPE = "MockERC20"
 # Deployed together or not at all: the ledgers name the marketplace's precomputed address.
 LEDGER_GROUP = ("HostEarnings", "Treasury", "JobMarketplace")
+
+
+def deployment_names(params: DeployParams) -> tuple[str, ...]:
+    """Every contract a deployment records, in deploy order: FABToken, the ERC-20
+    payment tokens under their symbols (mocks deployed here, real ones external),
+    then the rest of the system."""
+    return (
+        CORE_CONTRACTS[0],
+        *(t.symbol for t in params.erc20_tokens),
+        *CORE_CONTRACTS[1:],
+    )
+
+
+def contract_type(name: str) -> str:
+    """The contract type a recorded name is built from (a token's symbol: MockERC20)."""
+    return CONTRACT_TYPES.get(name, MOCK_TOKEN_TYPE)
 
 
 @dataclass
@@ -59,22 +76,36 @@ class System:
     """The deployed contracts (ape ContractInstance objects)."""
 
     fab: Any
-    usdc: Any
     model_registry: Any
     node_registry: Any
     proof_system: Any
     host_earnings: Any
     treasury: Any
     marketplace: Any
+    # ERC-20 payment tokens by symbol, in the token table's order (the coin has no contract).
+    tokens: dict[str, Any] = field(default_factory=dict)
     records: dict[str, ContractRecord] = field(default_factory=dict)
     transactions: list[TxRecord] = field(default_factory=list)
     # name -> "deployed" | "reused" | "external"
     status: dict[str, str] = field(default_factory=dict)
 
+    def token(self, symbol: str) -> Any:
+        """The ERC-20 payment token with `symbol` (case-insensitive)."""
+        for known, instance in self.tokens.items():
+            if known.lower() == symbol.lower():
+                return instance
+        raise KeyError(f"no payment token {symbol!r}; the system has {', '.join(self.tokens)}")
+
+    @property
+    def usdc(self) -> Any:
+        """The USDC row of the table: the token the contract tests, benchmarks and
+        the demo pay in (DEFAULT_TOKENS). Nothing in deploy or verify relies on it."""
+        return self.token("USDC")
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "FABToken": self.fab,
-            "USDC": self.usdc,
+            **self.tokens,
             "ModelRegistry": self.model_registry,
             "NodeRegistry": self.node_registry,
             "ProofSystem": self.proof_system,
@@ -187,7 +218,7 @@ def deploy_system(
             instance, record = keep[name]
             records[name], status[name] = record, "reused"
             return instance
-        instance, records[name] = tx.deploy(name, getattr(project, CONTRACT_TYPES[name]), *args)
+        instance, records[name] = tx.deploy(name, getattr(project, contract_type(name)), *args)
         status[name] = "deployed"
         return instance
 
@@ -205,11 +236,14 @@ def deploy_system(
         if params.fab_address
         else get("FABToken", deployer, params.fab_supply)
     )
-    usdc = (
-        external("USDC", project.MockUSDC, params.usdc_address)
-        if params.usdc_address
-        else get("USDC")
-    )
+    tokens = {
+        t.symbol: (
+            get(t.symbol, mock_token_name(t.symbol), t.symbol, t.decimals)
+            if t.mock
+            else external(t.symbol, getattr(project, MOCK_TOKEN_TYPE), t.address)
+        )
+        for t in params.erc20_tokens
+    }
     models = get("ModelRegistry", deployer)
     nodes = get(
         "NodeRegistry",
@@ -238,7 +272,7 @@ def deploy_system(
             treasury,
             params.fee_bps,
             params.settlement_window,
-            params.eth_min_deposit,
+            params.native_token.min_deposit,
         )
         if address_of(marketplace) != address_of(marketplace_address):
             raise RuntimeError("marketplace landed at an unexpected address; nonce raced")
@@ -256,15 +290,18 @@ def deploy_system(
     grant(nodes, "NodeRegistry", "MARKETPLACE_ROLE", marketplace)
     grant(nodes, "NodeRegistry", "SLASHER_ROLE", roles.slasher)
     grant(treasury, "Treasury", "TREASURER_ROLE", roles.treasurer)
-    config = marketplace.tokenConfig(usdc)
-    if not config.accepted or config.minDeposit != params.usdc_min_deposit:
-        tx.call(
-            f"JobMarketplace.configureToken(USDC, true, {params.usdc_min_deposit})",
-            marketplace.configureToken,
-            usdc,
-            True,
-            params.usdc_min_deposit,
-        )
+    # Tokens are configured in table order, so tokens() lists them in that order.
+    for spec in params.erc20_tokens:
+        token = tokens[spec.symbol]
+        config = marketplace.tokenConfig(token)
+        if not config.accepted or config.minDeposit != spec.min_deposit:
+            tx.call(
+                f"JobMarketplace.configureToken({spec.symbol}, true, {spec.min_deposit})",
+                marketplace.configureToken,
+                token,
+                True,
+                spec.min_deposit,
+            )
     # The constructor makes the deployer pauser and token admin; hand them over if asked.
     for role, holder in (("PAUSER_ROLE", roles.pauser), ("TOKEN_ADMIN_ROLE", roles.token_admin)):
         if holder is None or address_of(holder) == address_of(deployer):
@@ -278,33 +315,53 @@ def deploy_system(
                 deployer,
             )
 
+    names = deployment_names(params)
     return System(
         fab,
-        usdc,
         models,
         nodes,
         proofs,
         earnings,
         treasury,
         marketplace,
-        records={n: records[n] for n in CONTRACT_NAMES},
+        tokens=tokens,
+        records={n: records[n] for n in names},
         transactions=list(tx.transactions),
-        status={n: status[n] for n in CONTRACT_NAMES},
+        status={n: status[n] for n in names},
     )
 
 
+def mock_token_name(symbol: str) -> str:
+    """The ERC-20 name() of the mock deployed for `symbol`."""
+    return f"Mock {symbol}"
+
+
+def token_records(params: DeployParams, system: System) -> list[TokenRecord]:
+    """The token table with addresses, as the deployment record carries it."""
+    return [
+        TokenRecord(
+            symbol=t.symbol,
+            decimals=t.decimals,
+            address=ETH if t.native else address_of(system.tokens[t.symbol]),
+            mock=t.mock,
+            min_deposit=t.min_deposit,
+        )
+        for t in params.tokens
+    ]
+
+
 def attach_system(project: Any, addresses: Mapping[str, str]) -> System:
-    """ape instances for recorded addresses (USDC through the MockUSDC ABI: ERC20 reads)."""
-    c = {
-        name: getattr(project, CONTRACT_TYPES[name]).at(addresses[name]) for name in CONTRACT_NAMES
-    }
+    """ape instances for recorded addresses; every name that is not one of the
+    system's own contracts is a payment token (attached with the MockERC20 ABI, which
+    covers the ERC-20 reads)."""
+    c = {name: getattr(project, contract_type(name)).at(a) for name, a in addresses.items()}
     return System(
         c["FABToken"],
-        c["USDC"],
         c["ModelRegistry"],
         c["NodeRegistry"],
         c["ProofSystem"],
         c["HostEarnings"],
         c["Treasury"],
         c["JobMarketplace"],
+        tokens={n: i for n, i in c.items() if n not in CONTRACT_TYPES},
     )

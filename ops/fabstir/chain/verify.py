@@ -9,7 +9,7 @@ role are rebuilt from the RoleGranted/RoleRevoked events since the deploy block.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
+from fabstir.chain.deployments import TokenRecord
 from fabstir.chain.params import DeployParams
 from fabstir.chain.system import DEFAULT_ADMIN_ROLE, ETH, address_of, role_id
 
@@ -54,7 +55,8 @@ class ExpectedWiring:
     params: DeployParams
     chain_id: int
     fab: str
-    usdc: str
+    # The token table with addresses (the coin at the zero address), in table order.
+    tokens: Sequence[TokenRecord]
     # role name in the params file -> address (see RoleConfig.resolve)
     roles: Mapping[str, str]
 
@@ -169,7 +171,12 @@ def verify_system(
     check("chain id", chain_id, expected.chain_id)
     addr = {name: address_of(inst) for name, inst in c.items()}
     check("FABToken address", addr["FABToken"], expected.fab)
-    check("USDC address", addr["USDC"], expected.usdc)
+    erc20 = [t for t in expected.tokens if to_checksum_address(t.address) != ETH]
+    for t in erc20:
+        if t.symbol not in addr:
+            problems.append(f"payment token {t.symbol} is not among the contracts checked")
+        else:
+            check(f"{t.symbol} address", addr[t.symbol], t.address)
     for name, a in addr.items():
         report.checks += 1
         if len(web3.eth.get_code(a)) == 0:
@@ -177,8 +184,9 @@ def verify_system(
     if problems:  # nothing else can be read
         raise WiringError(problems)
 
-    # Tokens.
-    check("USDC.decimals()", c["USDC"].decimals(), 6)
+    # Tokens: the decimals the table promises (amounts are scaled by them everywhere).
+    for t in erc20:
+        check(f"{t.symbol}.decimals()", c[t.symbol].decimals(), t.decimals)
     check("FABToken.decimals()", c["FABToken"].decimals(), 18)
 
     # JobMarketplace: the addresses it holds and its parameters.
@@ -196,14 +204,16 @@ def verify_system(
         "0x" + domain_separator(chain_id, addr["JobMarketplace"]).hex(),
     )
     tokens = [to_checksum_address(t) for t in mkt.tokens()]
-    check("JobMarketplace.tokens()", tokens, [ETH, to_checksum_address(expected.usdc)])
-    for label, token, minimum in (
-        ("ETH", ETH, p.eth_min_deposit),
-        ("USDC", expected.usdc, p.usdc_min_deposit),
-    ):
-        cfg = mkt.tokenConfig(token)
-        check(f"JobMarketplace.tokenConfig({label}).accepted", cfg.accepted, True)
-        check(f"JobMarketplace.tokenConfig({label}).minDeposit", cfg.minDeposit, minimum)
+    # The coin is always index 0 (the constructor); the ERC-20s follow in table order.
+    check(
+        "JobMarketplace.tokens()",
+        tokens,
+        [ETH, *(to_checksum_address(t.address) for t in erc20)],
+    )
+    for t in expected.tokens:
+        cfg = mkt.tokenConfig(to_checksum_address(t.address))
+        check(f"JobMarketplace.tokenConfig({t.symbol}).accepted", cfg.accepted, True)
+        check(f"JobMarketplace.tokenConfig({t.symbol}).minDeposit", cfg.minDeposit, t.min_deposit)
 
     # Ledgers name the marketplace.
     check("HostEarnings.marketplace()", earnings.marketplace(), addr["JobMarketplace"])

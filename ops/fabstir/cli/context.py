@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ import click
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from fabstir.chain.client import ChainClient, ChainUnavailable, RetryPolicy
 from fabstir.chain.local import LocalChain, test_private_key
 from fabstir.cli.output import Output
 
@@ -195,19 +194,21 @@ def check_network_spec(value: str) -> str:
     )
 
 
+_ERRNO_RE: Final = re.compile(r"\[Errno -?\d+\] [^'\")]+")
+
+
 def rpc_chain_id(url: str, display: str, timeout: float = 10.0) -> int:
-    """Ask the RPC for its chain id (fails fast, with a one-line reason)."""
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
-    request = urllib.request.Request(
-        url, data=body.encode(), headers={"Content-Type": "application/json"}
-    )
+    """Ask the RPC for its chain id through the web3 client (one try: fails fast,
+    with a one-line reason)."""
+    client = ChainClient(url, {}, timeout=timeout, retry=RetryPolicy(attempts=1))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer = json.loads(response.read())
-        return int(answer["result"], 16)
-    except urllib.error.URLError as exc:
-        raise CliError(f"cannot reach the RPC of {display}: {exc.reason}") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return client.chain_id
+    except ChainUnavailable as exc:
+        # requests nests the socket error three exceptions deep; show just that.
+        found = _ERRNO_RE.search(str(exc.__cause__ or exc))
+        reason = found.group(0) if found else str(exc.__cause__ or exc)
+        raise CliError(f"cannot reach the RPC of {display}: {reason}") from None
+    except Exception as exc:  # an HTTP error page, or JSON that is not an RPC answer
         raise CliError(f"the RPC of {display} did not answer eth_chainId: {exc}") from None
 
 

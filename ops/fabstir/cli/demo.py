@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from fabstir.cli.output import short_hash
 from fabstir.demo import DEFAULT_PROMPTS, DemoOptions, DemoReport, run_demo
 from fabstir.sdk.amounts import format_amount
 
@@ -76,10 +77,10 @@ def print_report(report: DemoReport, console: Console) -> None:
 
     txs = Table(title="Transactions")
     txs.add_column("step")
-    txs.add_column("tx hash", overflow="fold")
+    txs.add_column("tx hash", no_wrap=True)
     txs.add_column("gas", justify="right")
     for tx in report.transactions:
-        txs.add_row(tx.step, tx.tx_hash, f"{tx.gas_used:,}")
+        txs.add_row(tx.step, short_hash(tx.tx_hash), f"{tx.gas_used:,}")
     txs.add_row("total", "", f"{sum(t.gas_used for t in report.transactions):,}")
     console.print(txs)
 

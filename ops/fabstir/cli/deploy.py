@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,7 @@ def _deployment_data(dep: Deployment, path: Path) -> dict[str, Any]:
         "updated_at": dep.updated_at,
         "git_commit": dep.git.get("commit"),
         "contracts": dep.addresses,
+        "tokens": [asdict(t) for t in dep.tokens],
         "roles": dep.roles,
     }
 
@@ -124,7 +126,8 @@ def _deployment_data(dep: Deployment, path: Path) -> dict[str, Any]:
 @click.option(
     "--seed",
     is_flag=True,
-    help="Local chains: then mint test USDC/FAB to test:0-9 and approve the catalogue models.",
+    help="Local chains: then mint the mock payment tokens and FAB to test:0-9 and approve"
+    " the catalogue models.",
 )
 @common_options
 def deploy(params_name: str | None, fresh: bool, seed: bool) -> None:
@@ -246,4 +249,8 @@ def show(chain_id: int | None) -> None:
         ["contract", "address", "block"],
         [(n, r.address, r.block) for n, r in dep.contracts.items()],
     )
-    st.out.result(data, f"{head}\n\n{contracts}")
+    tokens = table(
+        ["payment token", "decimals", "address", "mock", "min deposit"],
+        [(t.symbol, t.decimals, t.address, t.mock, t.min_deposit) for t in dep.tokens],
+    )
+    st.out.result(data, f"{head}\n\n{contracts}\n\n{tokens}")

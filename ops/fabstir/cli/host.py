@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fabstir import models as catalogue
 from fabstir.cli.context import CliError, common_options, read_options, state
 from fabstir.cli.output import jsonable, key_values, table
+
+if TYPE_CHECKING:
+    from fabstir.sdk._base import Token
+    from fabstir.sdk.sdk import FabstirSDK
 
 _MODEL_ID = re.compile(r"0x[0-9a-fA-F]{64}")
 
@@ -48,12 +53,32 @@ def _metadata(value: str | None) -> dict[str, Any]:
     return data
 
 
-def _prices(price: int | None, eth_price: int | None) -> dict[str, int] | None:
+# A host's default minimum price, in the default payment token's smallest unit.
+DEFAULT_PRICE = 200
+
+
+def _default_token(sdk: FabstirSDK) -> Token:
+    """The first ERC-20 of the deployment's token table (the chain's coin if none)."""
+    tokens = sdk.payment_tokens()
+    return next((t for t in tokens if not t.is_eth), tokens[0])
+
+
+def _prices(
+    sdk: FabstirSDK, specs: tuple[str, ...], eth_price: int | None
+) -> dict[str, int] | None:
+    """--price SYMBOL=N (any payment token of the deployment) or a bare N (the default
+    token), plus --eth-price WEI (the chain's coin) -> symbol -> price."""
     prices: dict[str, int] = {}
-    if price is not None:
-        prices["USDC"] = price
+    for spec in specs:
+        symbol, sep, amount = spec.rpartition("=")
+        if not amount.isdigit():
+            raise click.BadParameter(
+                f"{spec!r}: expected N or SYMBOL=N with N a whole number", param_hint="--price"
+            )
+        token = sdk.get_token(symbol) if sep else _default_token(sdk)
+        prices[token.symbol] = int(amount)
     if eth_price is not None:
-        prices["ETH"] = eth_price
+        prices[sdk.payment_tokens()[0].symbol] = eth_price
     return prices or None
 
 
@@ -66,11 +91,17 @@ _MODELS = click.option(
 )
 _PRICE = click.option(
     "--price",
-    type=click.IntRange(min=0),
-    help="Minimum USDC price per generated token, in USDC's smallest unit (200 = 0.0002 USDC).",
+    "price_specs",
+    multiple=True,
+    metavar="[SYMBOL=]N",
+    help="Minimum price per generated token in a payment token's smallest unit, e.g."
+    " USDC=200 (0.0002 USDC); a bare N is for the deployment's first ERC-20 token."
+    " Repeat for several tokens.",
 )
 _ETH_PRICE = click.option(
-    "--eth-price", type=click.IntRange(min=0), help="Minimum ETH price per token, in wei."
+    "--eth-price",
+    type=click.IntRange(min=0),
+    help="Minimum price per token in the chain's coin, in wei (same as --price ETH=WEI).",
 )
 _METADATA = click.option(
     "--metadata",
@@ -86,7 +117,7 @@ def host() -> None:
 
     \b
     Examples:
-      fabstir host register --account test:5 --url ws://127.0.0.1:8080 --price 200
+      fabstir host register --account test:5 --url ws://127.0.0.1:8080 --price USDC=200
       fabstir host status --account test:5
       fabstir host update --account test:5 --url ws://10.0.0.7:8080
       fabstir host list
@@ -108,23 +139,27 @@ def register(
     url: str,
     model_names: tuple[str, ...],
     stake: str | None,
-    price: int | None,
+    price_specs: tuple[str, ...],
     eth_price: int | None,
     metadata: str | None,
 ) -> None:
     """Stake FAB and register as a host serving models at --url.
 
-    The FAB approval, when needed, is sent first. The default price is 200 USDC
-    units (0.0002 USDC) per token.
+    The FAB approval, when needed, is sent first. Without --price the minimum is
+    200 units of the deployment's first ERC-20 token per generated token (0.0002
+    USDC on the local and Base Sepolia deployments).
     """
     st = state()
     sdk = st.sdk(sign=True)
     models = [model_spec(m) for m in model_names or (None,)]
+    prices = _prices(sdk, price_specs, eth_price)
+    if not price_specs:
+        prices = {**(prices or {}), _default_token(sdk).symbol: DEFAULT_PRICE}
     request: dict[str, Any] = {
         "metadata": _metadata(metadata),
         "supportedModels": models,
         "apiUrl": url,
-        "minPrices": _prices(price if price is not None else 200, eth_price),
+        "minPrices": prices,
     }
     if stake is not None:
         request["stake"] = stake
@@ -148,16 +183,16 @@ def register(
 def update(
     url: str | None,
     model_names: tuple[str, ...],
-    price: int | None,
+    price_specs: tuple[str, ...],
     eth_price: int | None,
     metadata: str | None,
 ) -> None:
     """Change the URL, the models served (the list is replaced), prices or metadata."""
     st = state()
-    prices = _prices(price, eth_price)
-    if url is None and not model_names and prices is None and metadata is None:
+    if not (url or model_names or price_specs or eth_price is not None or metadata is not None):
         raise click.UsageError("nothing to update: give --url, --model, --price or --metadata")
     sdk = st.sdk(sign=True)
+    prices = _prices(sdk, price_specs, eth_price)
     hm = sdk.get_host_manager()
     st.confirm(f"update host {sdk.address}")
     txs: dict[str, str] = {}
@@ -195,6 +230,12 @@ def status(address: str | None) -> None:
         for token, value in full.min_prices.items():
             if value:
                 prices.append(f"{sdk.get_token(token).symbol} {value}")
+    # Every payment token the host holds earnings in (withdrawable now).
+    earnings = [
+        f"{amount} {sdk.get_token(token).symbol}"
+        for token, amount in info.earnings_by_token.items()
+        if Decimal(amount)
+    ]
     human = key_values(
         [
             ("host", info.address),
@@ -205,7 +246,7 @@ def status(address: str | None) -> None:
             ("models", list(info.supported_models)),
             ("stake", f"{data.get('stake_fab', '0')} FAB"),
             ("min prices", prices or None),
-            ("earnings", f"{info.earnings} USDC (withdrawable)"),
+            ("earnings (withdrawable)", earnings or None),
             (
                 "reputation",
                 f"{info.reputation.sessions_settled} sessions, "
@@ -223,7 +264,7 @@ def status(address: str | None) -> None:
 )
 @read_options
 def list_(model: str | None) -> None:
-    """Active hosts, with their models, USDC prices and URLs."""
+    """Active hosts, with their models, prices (one column per payment token) and URLs."""
     st = state()
     sdk = st.sdk()
     hm = sdk.get_host_manager()
@@ -233,21 +274,28 @@ def list_(model: str | None) -> None:
         hosts = hm.find_hosts_for_model(mid)
     else:
         hosts = hm.discover_all_active_hosts_with_models()
-    usdc = sdk.get_contract_address("USDC")
+    tokens = sdk.payment_tokens()
     rows = [
-        (h.address, h.api_url, h.min_prices.get(usdc), len(h.supported_models), h.stake_fab)
+        (
+            h.address,
+            h.api_url,
+            *(h.min_prices.get(t.address) for t in tokens),
+            len(h.supported_models),
+            h.stake_fab,
+        )
         for h in hosts
     ]
-    st.out.result(
-        jsonable(hosts),
-        table(["host", "url", "USDC price", "models", "stake FAB"], rows)
-        if rows
-        else "no active hosts",
-    )
+    headers = ["host", "url", *(f"{t.symbol} price" for t in tokens), "models", "stake FAB"]
+    st.out.result(jsonable(hosts), table(headers, rows) if rows else "no active hosts")
 
 
 @host.command()
-@click.option("--token", default="USDC", show_default=True, help="USDC, ETH or an address.")
+@click.option(
+    "--token",
+    default="USDC",
+    show_default=True,
+    help="A payment token's symbol (as the deployment lists them) or address.",
+)
 @click.option(
     "--stake",
     "stake",

@@ -63,6 +63,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line, rule, *body])
 
 
+def short_hash(value: str, head: int = 4, tail: int = 4) -> str:
+    """0x1234…abcd, as block explorers shorten a hash or address (--json keeps it whole)."""
+    if len(value) <= 2 + head + tail + 1:
+        return value
+    return f"{value[: 2 + head]}…{value[-tail:]}"
+
+
 def key_values(pairs: Sequence[tuple[str, Any]] | Mapping[str, Any]) -> str:
     """`key   value` lines, keys padded to the longest."""
     items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)

@@ -93,7 +93,12 @@ def session() -> None:
     help="Most tokens the host streams ahead of the newest receipt.",
 )
 @click.option("--host-url", help="Connect here instead of the host's registered URL.")
-@click.option("--token", default="USDC", show_default=True, help="Payment token: USDC or ETH.")
+@click.option(
+    "--token",
+    default="USDC",
+    show_default=True,
+    help="Payment token: a symbol as the deployment lists them (ETH, USDC, ...) or an address.",
+)
 @common_options
 def start(
     model: str | None,

@@ -7,7 +7,12 @@ import click
 from fabstir.cli.context import common_options, read_options, state
 from fabstir.cli.output import jsonable, key_values
 
-_TOKEN = click.option("--token", default="USDC", show_default=True, help="USDC, ETH or an address.")
+_TOKEN = click.option(
+    "--token",
+    default="USDC",
+    show_default=True,
+    help="A payment token's symbol (as the deployment lists them) or address.",
+)
 
 
 @click.group()

@@ -12,7 +12,10 @@ from fabstir.cli.context import common_options, state
 from fabstir.cli.output import key_values
 
 _TOKEN = click.option(
-    "--token", default="USDC", show_default=True, help="USDC, ETH, FAB or a token address."
+    "--token",
+    default="USDC",
+    show_default=True,
+    help="A payment token's symbol (as the deployment lists them), FAB, or a token address.",
 )
 
 

@@ -12,85 +12,22 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import Any, Final
 
-from eth_utils.address import to_checksum_address
 from web3.logs import DISCARD
 
 from fabstir.chain.client import ChainClient, ChainError, TxSender
-from fabstir.protocol.receipts import expected_receipt_signer, same_address
-from fabstir.sdk.errors import SDKError, SDKErrorCode
-from fabstir.sdk.types import ReceiptOutcome, SessionStatus
+from fabstir.chain.marketplace import (
+    ModelStatus,
+    OnChainSession,
+    Outcome,
+    SettleItem,
+    Status,
+    to_hex,
+)
+from fabstir.errors import SDKError, SDKErrorCode
+from fabstir.protocol.receipts import same_address
 
 log = logging.getLogger(__name__)
-
-ZERO_HASH: Final = "0x" + "00" * 32
-
-
-# JobMarketplace.Status and .Outcome (settleBatch per item, BatchItemSkipped reason):
-# one definition each, shared with the SDK.
-Status = SessionStatus
-Outcome = ReceiptOutcome
-
-
-class ModelStatus(IntEnum):
-    """ModelRegistry.Status."""
-
-    NONE = 0
-    PENDING = 1
-    APPROVED = 2
-    DEACTIVATED = 3
-
-
-def _hex(value: bytes | str) -> str:
-    if isinstance(value, bytes | bytearray):
-        return "0x" + bytes(value).hex()
-    return value.lower() if value.startswith("0x") else "0x" + value.lower()
-
-
-@dataclass(frozen=True)
-class OnChainSession:
-    """JobMarketplace.getSession, decoded."""
-
-    session_id: int
-    depositor: str
-    host: str
-    session_key: str
-    token: str
-    model_id: str
-    price: int
-    deposit: int
-    max_tokens: int
-    tokens_used: int
-    ends_at: int
-    finalize_after: int
-    proof_interval: int
-    status: Status
-
-    @classmethod
-    def from_tuple(cls, info: Sequence[Any]) -> OnChainSession:
-        return cls(
-            session_id=int(info[0]),
-            depositor=to_checksum_address(info[1]),
-            host=to_checksum_address(info[2]),
-            session_key=to_checksum_address(info[3]),
-            token=to_checksum_address(info[4]),
-            model_id=_hex(info[5]),
-            price=int(info[6]),
-            deposit=int(info[7]),
-            max_tokens=int(info[8]),
-            tokens_used=int(info[9]),
-            ends_at=int(info[10]),
-            finalize_after=int(info[11]),
-            proof_interval=int(info[12]),
-            status=Status(int(info[13])),
-        )
-
-    @property
-    def signer(self) -> str:
-        """Who signs this session's receipts and session_init proofs."""
-        return expected_receipt_signer(self.session_key, self.depositor)
 
 
 @dataclass(frozen=True)
@@ -139,24 +76,6 @@ def check_servable(
             f"session {session_id} has used all {session.max_tokens} tokens",
         )
     return session
-
-
-@dataclass(frozen=True)
-class SettleItem:
-    """One settleBatch item; tokens_used 0 settles with what the chain has recorded."""
-
-    session_id: int
-    tokens_used: int = 0
-    content_hash: str = ZERO_HASH
-    signature: str = "0x"
-
-    def as_tuple(self) -> tuple[int, int, bytes, bytes]:
-        return (
-            self.session_id,
-            self.tokens_used,
-            bytes.fromhex(self.content_hash[2:]),
-            bytes.fromhex(self.signature[2:]),
-        )
 
 
 @dataclass(frozen=True)
@@ -240,7 +159,7 @@ class HostChain:
                 return None
             for entry in reversed(list(logs)):
                 if int(entry["args"]["tokensUsed"]) == tokens:
-                    return _hex(entry["args"]["contentHash"])
+                    return to_hex(entry["args"]["contentHash"])
             return None
 
         return await asyncio.to_thread(run)

@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from fabstir.chain.client import ChainError, ChainUnavailable
+from fabstir.errors import SDKError, SDKErrorCode
 from fabstir.host.chain import HostChain, SessionRejected, check_servable
 from fabstir.host.config import HostConfig
 from fabstir.host.engine import Engine
@@ -63,7 +64,6 @@ from fabstir.protocol.receipts import (
     recover_session_init_signer,
     same_address,
 )
-from fabstir.sdk.errors import SDKError, SDKErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -383,11 +383,14 @@ class Connection:
         self.task: asyncio.Task[Any] | None = None
         self._prompt_times: deque[float] = deque()
         self._terminating = False
+        #: The protocol version of this client's frames: session_init says it (hello,
+        #: error and pong, all that is sent before, read the same in every version).
+        self.version = PROTOCOL_VERSION
 
     # -- sending
 
     async def send(self, message: Message) -> None:
-        await self.ws.send(message.to_json())
+        await self.ws.send(message.to_json(self.version))
 
     async def error(self, code: SDKErrorCode, message: str, id: str | None = None) -> None:
         self.server.metrics.errors.inc(code=code.value)
@@ -488,6 +491,7 @@ class Connection:
                     SDKErrorCode.NOT_INITIALIZED, f"send session_init before {msg.TYPE}"
                 )
                 continue
+            self.version = msg.version
             try:
                 session = await self.server.open_session(msg, self.nonce, self)
             except SDKError as exc:
@@ -627,7 +631,7 @@ class Connection:
             return
         if s.needs_receipt:
             tokens, content_hash = s.last_sent
-            await self.send(ReceiptRequest(tokens=tokens, content_hash=content_hash))
+            await self.send(ReceiptRequest(tokens_used=tokens, content_hash=content_hash))
             await self.error(
                 SDKErrorCode.RECEIPT_REQUIRED,
                 f"{s.unsigned} tokens are unsigned; sign the receipt for {tokens} to continue",
@@ -659,23 +663,27 @@ class Connection:
             s.running = None
 
     async def _on_receipt(self, s: ServedSession, msg: ReceiptMessage) -> None:
+        receipt = msg.to_receipt()
         try:
-            s.check_receipt(msg, self.server.domain)
+            s.check_receipt(receipt, self.server.domain)
         except SDKError as exc:
             await self.error(exc.code, exc.message)
             return
         store = self.server.store
-        if not await store.save_receipt(s.session_id, msg.tokens, msg.content_hash, msg.signature):
+        tokens = receipt.tokens_used
+        if not await store.save_receipt(
+            s.session_id, tokens, receipt.content_hash, receipt.signature
+        ):
             record = await store.get(s.session_id)
-            if record is None or record.receipt_tokens < msg.tokens:
+            if record is None or record.receipt_tokens < tokens:
                 await self.error(
                     SDKErrorCode.INVALID_SESSION_STATE, "the session is no longer open"
                 )
                 return
         # Durable now: only from here on may the receipt be acknowledged.
-        s.accept_receipt(msg.tokens, msg.content_hash)
+        s.accept_receipt(tokens, receipt.content_hash)
         self.server.metrics.receipts.inc()
-        await self.send(ReceiptAck(tokens=msg.tokens))
+        await self.send(ReceiptAck(tokens_used=tokens))
 
     async def _on_close(self, s: ServedSession) -> None:
         if s.running is not None:

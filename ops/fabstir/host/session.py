@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from fabstir.errors import SDKErrorCode
 from fabstir.host.config import Limits
 from fabstir.host.engine import (
     ChatMessage,
@@ -48,16 +49,14 @@ from fabstir.host.engine import (
 )
 from fabstir.host.metrics import HostMetrics, kv
 from fabstir.host.store import SessionTerms
-from fabstir.protocol.messages import Chunk, End, Message, Prompt, ReceiptMessage, ReceiptRequest
+from fabstir.protocol.messages import Chunk, End, Message, Prompt, ReceiptRequest
 from fabstir.protocol.receipts import (
     GENESIS_HASH,
     ContentHasher,
     Eip712Domain,
-    InvalidSignatureError,
-    recover_receipt_signer,
-    same_address,
+    Receipt,
+    check_receipt,
 )
-from fabstir.sdk.errors import SDKError, SDKErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -169,32 +168,18 @@ class ServedSession:
 
     # -- receipts
 
-    def check_receipt(self, msg: ReceiptMessage, domain: Eip712Domain) -> None:
-        """Raise SDKError (its code for the error frame) unless `msg` is a valid new receipt."""
-        if msg.session_id != self.session_id:
-            raise SDKError(
-                SDKErrorCode.PROOF_VERIFICATION_FAILED,
-                f"receipt is for session {msg.session_id}, this is session {self.session_id}",
-            )
-        if msg.tokens <= self.acked_tokens:
-            raise SDKError(
-                SDKErrorCode.STALE_RECEIPT,
-                f"receipt for {msg.tokens} tokens is not above the accepted {self.acked_tokens}",
-            )
-        if (msg.tokens, msg.content_hash) not in self._points:
-            raise SDKError(
-                SDKErrorCode.PROOF_VERIFICATION_FAILED,
-                f"no state with {msg.tokens} tokens and hash {msg.content_hash} was sent",
-            )
-        try:
-            signer = recover_receipt_signer(domain, msg.to_receipt())
-        except InvalidSignatureError as exc:
-            raise SDKError(SDKErrorCode.INVALID_PROOF, exc.message) from None
-        if not same_address(signer, self.terms.session_key):
-            raise SDKError(
-                SDKErrorCode.WRONG_SIGNER,
-                f"receipt signed by {signer}, not the session key {self.terms.session_key}",
-            )
+    def check_receipt(self, receipt: Receipt, domain: Eip712Domain) -> None:
+        """Raise SDKError (its code for the error frame) unless `receipt` is a valid new
+        receipt: above the acknowledged one, for a state this host sent, signed by the
+        session key (protocol.receipts.check_receipt)."""
+        check_receipt(
+            receipt,
+            domain,
+            session_id=self.session_id,
+            signer=self.terms.session_key,
+            recorded=self.acked_tokens,
+            sent=self._points,
+        )
 
     def accept_receipt(self, tokens: int, content_hash: str) -> None:
         """The receipt is stored: move the acknowledged mark and wake a paused stream."""
@@ -329,7 +314,12 @@ class ServedSession:
                     answer.append(piece.text)
                     ctx.metrics.tokens_served.inc(n)
                     await ctx.send(
-                        Chunk(id=prompt.id, text=piece.text, tokens=state[0], content_hash=state[1])
+                        Chunk(
+                            id=prompt.id,
+                            text=piece.text,
+                            tokens_used=state[0],
+                            content_hash=state[1],
+                        )
                     )
                 else:
                     pending = n
@@ -382,7 +372,7 @@ class ServedSession:
             del self.turns[:-MAX_TURNS_KEPT]
         ctx.metrics.prompts.inc(finish_reason=finish)
         await ctx.send(
-            End(id=prompt.id, tokens=state[0], content_hash=state[1], finish_reason=finish)
+            End(id=prompt.id, tokens_used=state[0], content_hash=state[1], finish_reason=finish)
         )
         if after is not None:
             await ctx.error(after[0], after[1], prompt.id)
@@ -410,7 +400,7 @@ class ServedSession:
                 deadline = loop.time() + ctx.limits.receipt_timeout
             if requested != self.last_sent:
                 requested = self.last_sent
-                await ctx.send(ReceiptRequest(tokens=requested[0], content_hash=requested[1]))
+                await ctx.send(ReceiptRequest(tokens_used=requested[0], content_hash=requested[1]))
             left = deadline - loop.time()
             if left <= 0:
                 raise _ReceiptTimeout

@@ -31,18 +31,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import Protocol
 
 from fabstir.chain.client import ChainError, ChainUnavailable
-from fabstir.host.chain import HostChain, OnChainSession, Outcome, SettleItem, Status
+from fabstir.chain.marketplace import MAX_BATCH, OnChainSession, Outcome, SettleItem, Status
+from fabstir.errors import SDKErrorCode
+from fabstir.host.chain import HostChain
 from fabstir.host.metrics import HostMetrics, kv
 from fabstir.host.store import SessionRecord, SessionStore
-from fabstir.sdk.errors import SDKErrorCode
+from fabstir.protocol.receipts import Receipt
 
 log = logging.getLogger(__name__)
-
-#: JobMarketplace.MAX_BATCH.
-MAX_BATCH: Final = 100
 
 
 class SessionHooks(Protocol):
@@ -261,7 +260,9 @@ class SettlementLoop:
     def _item(rec: SessionRecord) -> SettleItem:
         if rec.has_unsubmitted_receipt:
             assert rec.receipt_hash is not None and rec.receipt_sig is not None
-            return SettleItem(rec.session_id, rec.receipt_tokens, rec.receipt_hash, rec.receipt_sig)
+            return SettleItem.of(
+                Receipt(rec.session_id, rec.receipt_tokens, rec.receipt_hash, rec.receipt_sig)
+            )
         return SettleItem(rec.session_id)
 
     async def _settle_batch(self, records: Sequence[SessionRecord]) -> None:

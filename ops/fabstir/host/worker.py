@@ -25,7 +25,9 @@ from typing import Any
 
 from fabstir import models
 from fabstir.chain.client import ChainClient, RetryPolicy, TxSender
-from fabstir.host.chain import HostChain, ModelStatus
+from fabstir.chain.marketplace import ModelStatus
+from fabstir.errors import SDKError, SDKErrorCode
+from fabstir.host.chain import HostChain
 from fabstir.host.config import ConfigError, HostConfig
 from fabstir.host.engine import Engine, LlamaBatchEngine
 from fabstir.host.metrics import HostMetrics, kv
@@ -34,7 +36,6 @@ from fabstir.host.settlement import SettlementLoop
 from fabstir.host.store import SessionStore
 from fabstir.protocol.messages import PROTOCOL_VERSION
 from fabstir.protocol.receipts import Eip712Domain
-from fabstir.sdk.errors import SDKError, SDKErrorCode
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,15 @@ fields, wrong types, out-of-range numbers, bad hex, text that is not valid
 Unicode) raises `ProtocolError` and nothing else, so a host can answer with
 an `error` frame and carry on.
 
+Versions: this side speaks PROTOCOL_VERSION (2) and still speaks 1 with a
+peer that does (docs/protocol.md, "Versioning"). The host's `hello` says its
+version; the client answers in `session_init.v` (absent: 1) with the version
+both use, and each side then writes its frames in that version
+(`to_json(version=...)`). The parser reads either version's field names.
+Version 2 renamed the cumulative count `tokens` to `tokens_used` in chunk,
+end, receipt_request, receipt and receipt_ack, the name the receipt has
+everywhere else.
+
 Number rules: counts (session ids, tokens, timestamps) are JSON integers in
 0..2**53-1, safe in every JSON implementation; `price_per_token`, a token
 amount that can exceed 2**53 for 18-decimal tokens, is a decimal string.
@@ -29,10 +38,12 @@ from typing import Any, ClassVar, Final, Literal, Self
 
 from eth_utils.address import to_checksum_address
 
+from fabstir.errors import SDKError, SDKErrorCode
 from fabstir.protocol.receipts import Receipt, is_valid_address
-from fabstir.sdk.errors import SDKError, SDKErrorCode
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+#: The versions this side can speak (reads and writes) with a peer.
+SUPPORTED_VERSIONS: Final = frozenset({1, 2})
 #: Frames above this are refused before JSON parsing (hosts may set lower).
 MAX_FRAME_BYTES: Final = 1 << 20
 MAX_SAFE_INTEGER: Final = 2**53 - 1
@@ -197,12 +208,37 @@ def _error_code(name: str, value: Any) -> str:
     return value
 
 
-def _f(check: Check, *, wire_string: bool = False) -> Any:
-    return field(metadata={"check": check, "wire_string": wire_string})
+def _version(name: str, value: Any) -> int:
+    if type(value) is not int or value not in SUPPORTED_VERSIONS:
+        raise ProtocolError(
+            SDKErrorCode.UNSUPPORTED_VERSION,
+            f"peer speaks protocol version {_short(value)}; this side speaks "
+            f"{', '.join(map(str, sorted(SUPPORTED_VERSIONS)))}",
+        )
+    return value
 
 
-def _opt(check: Check) -> Any:
-    return field(default=None, metadata={"check": check, "wire_string": False})
+def _f(check: Check, *, wire_string: bool = False, v1_name: str | None = None) -> Any:
+    # v1_name: the field's name in protocol version 1, when it had another one.
+    return field(metadata={"check": check, "wire_string": wire_string, "v1_name": v1_name})
+
+
+def _opt(check: Check, *, since: int = 1) -> Any:
+    # since: the first protocol version with the field; older peers never see it.
+    return field(
+        default=None,
+        metadata={"check": check, "wire_string": False, "v1_name": None, "since": since},
+    )
+
+
+def _wire_name(f: Any, version: int) -> str:
+    v1_name: str | None = f.metadata["v1_name"]
+    return v1_name if version == 1 and v1_name is not None else str(f.name)
+
+
+def negotiate_version(peer_version: int) -> int:
+    """The version two sides use: the lower of the peer's and this side's."""
+    return min(_version("v", peer_version), PROTOCOL_VERSION)
 
 
 # --- messages ---------------------------------------------------------------------
@@ -222,19 +258,21 @@ class Message:
                 continue
             object.__setattr__(self, f.name, f.metadata["check"](f.name, value))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The wire object: `type` first, optional fields left out when None."""
+    def to_dict(self, version: int = PROTOCOL_VERSION) -> dict[str, Any]:
+        """The wire object in protocol `version`: `type` first, optional fields left
+        out when None or newer than `version`."""
+        _version("version", version)
         out: dict[str, Any] = {"type": self.TYPE}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or f.metadata.get("since", 1) > version:
                 continue
-            out[f.name] = str(value) if f.metadata["wire_string"] else value
+            out[_wire_name(f, version)] = str(value) if f.metadata["wire_string"] else value
         return out
 
-    def to_json(self) -> str:
-        """Compact JSON text for one WebSocket frame."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    def to_json(self, version: int = PROTOCOL_VERSION) -> str:
+        """Compact JSON text for one WebSocket frame, in protocol `version`."""
+        return json.dumps(self.to_dict(version), separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def parse(cls, raw: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Self:
@@ -251,7 +289,8 @@ class Hello(Message):
 
     TYPE: ClassVar[str] = "hello"
     SENDER: ClassVar[Sender | None] = "host"
-    v: int = _f(_uint(1))
+    #: The host's protocol version (it also speaks the older ones it supports).
+    v: int = _f(_version)
     nonce: str = _f(_hex32)
     host: str = _f(_address)
     chain_id: int = _f(_uint(1))
@@ -271,6 +310,14 @@ class SessionInit(Message):
     #: On resume only: the conversation so far, alternating user and assistant
     #: turns, for a host that lost it (restart). Ignored by a host that still has it.
     history: tuple[str, ...] | None = _opt(_text_list(MAX_HISTORY_TURNS, MAX_HISTORY_TURN_CHARS))
+    #: The version the client will speak, at most the hello's (since version 2;
+    #: absent means 1). The host writes its frames in it.
+    v: int | None = _opt(_version, since=2)
+
+    @property
+    def version(self) -> int:
+        """The protocol version of this session's frames."""
+        return 1 if self.v is None else self.v
 
 
 @dataclass(frozen=True)
@@ -342,7 +389,7 @@ class Chunk(Message):
     SENDER: ClassVar[Sender | None] = "host"
     id: str = _f(_request_id)
     text: str = _f(_text())
-    tokens: int = _f(_uint())
+    tokens_used: int = _f(_uint(), v1_name="tokens")
     content_hash: str = _f(_hex32)
 
 
@@ -353,7 +400,7 @@ class End(Message):
     TYPE: ClassVar[str] = "end"
     SENDER: ClassVar[Sender | None] = "host"
     id: str = _f(_request_id)
-    tokens: int = _f(_uint())
+    tokens_used: int = _f(_uint(), v1_name="tokens")
     content_hash: str = _f(_hex32)
     finish_reason: str = _f(_one_of(FINISH_REASONS))
 
@@ -364,48 +411,38 @@ class ReceiptRequest(Message):
 
     TYPE: ClassVar[str] = "receipt_request"
     SENDER: ClassVar[Sender | None] = "host"
-    tokens: int = _f(_uint())
+    tokens_used: int = _f(_uint(), v1_name="tokens")
     content_hash: str = _f(_hex32)
 
 
 @dataclass(frozen=True)
 class ReceiptMessage(Message):
-    """A signed Checkpoint receipt (receipts.Receipt on the wire)."""
+    """A signed Checkpoint receipt: receipts.Receipt on the wire, field for field."""
 
     TYPE: ClassVar[str] = "receipt"
     SENDER: ClassVar[Sender | None] = "client"
     session_id: int = _f(_uint())
-    tokens: int = _f(_uint())
+    tokens_used: int = _f(_uint(), v1_name="tokens")
     content_hash: str = _f(_hex32)
     signature: str = _f(_signature)
 
     @classmethod
     def from_receipt(cls, receipt: Receipt) -> ReceiptMessage:
         """Wrap a signed receipt for sending."""
-        return cls(
-            session_id=receipt.session_id,
-            tokens=receipt.tokens_used,
-            content_hash=receipt.content_hash,
-            signature=receipt.signature,
-        )
+        return cls(**receipt.to_dict())
 
     def to_receipt(self) -> Receipt:
-        """The receipt to verify (receipts.recover_receipt_signer) and store."""
-        return Receipt(
-            session_id=self.session_id,
-            tokens_used=self.tokens,
-            content_hash=self.content_hash,
-            signature=self.signature,
-        )
+        """The receipt to check (receipts.check_receipt), store and settle with."""
+        return Receipt(**{f.name: getattr(self, f.name) for f in fields(self)})
 
 
 @dataclass(frozen=True)
 class ReceiptAck(Message):
-    """Host stored the receipt for `tokens` durably (it will settle with it)."""
+    """Host stored the receipt for `tokens_used` durably (it will settle with it)."""
 
     TYPE: ClassVar[str] = "receipt_ack"
     SENDER: ClassVar[Sender | None] = "host"
-    tokens: int = _f(_uint())
+    tokens_used: int = _f(_uint(), v1_name="tokens")
 
 
 @dataclass(frozen=True)
@@ -577,26 +614,33 @@ def parse_message(
         raise ProtocolError(
             SDKErrorCode.UNKNOWN_MESSAGE_TYPE, f"a {sender} does not send {kind!r} frames"
         )
-    if cls is Hello and "v" in obj and obj["v"] != PROTOCOL_VERSION:
+    if cls in (Hello, SessionInit) and "v" in obj:
         # Checked before the schema: another version may have other fields.
-        raise ProtocolError(
-            SDKErrorCode.UNSUPPORTED_VERSION,
-            f"peer speaks protocol version {_short(obj['v'])}; this side speaks {PROTOCOL_VERSION}",
-        )
+        _version("v", obj["v"])
 
     specs = fields(cls)
-    known = {f.name for f in specs}
-    extra = sorted(set(obj) - known - {"type"})
+    # Each field under its current name or its version-1 name, never both.
+    names: dict[str, str] = {}
+    for f in specs:
+        names[f.name] = f.name
+        if f.metadata["v1_name"] is not None:
+            names[f.metadata["v1_name"]] = f.name
+            if f.name in obj and f.metadata["v1_name"] in obj:
+                raise _malformed(
+                    f"{kind}: {f.name} and its version-1 name {f.metadata['v1_name']} both given"
+                )
+    extra = sorted(set(obj) - set(names) - {"type"})
     if extra:
         raise _malformed(f"{kind}: unknown field(s) {_short(extra)}")
-    missing = [f.name for f in specs if f.default is not None and f.name not in obj]
+    given = {names[key]: key for key in obj if key != "type"}
+    missing = [f.name for f in specs if f.default is not None and f.name not in given]
     if missing:
         raise _malformed(f"{kind}: missing field(s) {missing}")
     values: dict[str, Any] = {}
     for f in specs:
-        if f.name not in obj:
+        if f.name not in given:
             continue
-        value = obj[f.name]
+        value = obj[given[f.name]]
         if value is None:
             # Optional fields are omitted, never null: one way to say "absent".
             raise _malformed(f"{f.name} must be omitted rather than null")

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, fields
 from typing import Any, Final, Protocol, TypeAlias
 
 from coincurve.utils import GROUP_ORDER_INT
@@ -26,7 +27,7 @@ from eth_utils.address import to_canonical_address, to_checksum_address
 from eth_utils.crypto import keccak
 from eth_utils.exceptions import ValidationError
 
-from fabstir.sdk.errors import SDKError, SDKErrorCode
+from fabstir.errors import SDKError, SDKErrorCode
 
 DOMAIN_NAME: Final = "Fabstir Marketplace"
 DOMAIN_VERSION: Final = "1"
@@ -376,19 +377,49 @@ class Receipt:
         )
         object.__setattr__(self, "signature", "0x" + _signature_bytes(self.signature).hex())
 
+    @classmethod
+    def from_mapping(cls, value: Mapping[str, Any]) -> Receipt:
+        """A receipt from a mapping with snake_case or camelCase keys (also the
+        reference's `proofData` for the signature). Raises SDKError
+        (INVALID_ARGUMENT) when a field is missing."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), f.name)
+            names = (f.name, camel, *(("proofData",) if f.name == "signature" else ()))
+            given = [n for n in names if n in value]
+            if not given:
+                raise SDKError(SDKErrorCode.INVALID_ARGUMENT, f"receipt is missing {f.name!r}")
+            values[f.name] = value[given[0]]
+        return cls(**values)
+
     @property
     def signature_bytes(self) -> bytes:
         """The 65 raw signature bytes."""
         return bytes.fromhex(self.signature[2:])
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form."""
+        """Plain JSON-able form (the field names of the v2 wire frame)."""
         return {
             "session_id": self.session_id,
             "tokens_used": self.tokens_used,
             "content_hash": self.content_hash,
             "signature": self.signature,
         }
+
+    @property
+    def digest(self) -> bytes:
+        """hashStruct(Checkpoint) of the signed fields (domain not included)."""
+        return checkpoint_struct_hash(self.session_id, self.tokens_used, self.content_hash)
+
+    def call_args(self) -> tuple[int, int, bytes, bytes]:
+        """The receipt as the marketplace takes it: the arguments of submitCheckpoint,
+        settleWithReceipt and requestCloseWithReceipt, and a settleBatch item."""
+        return (
+            self.session_id,
+            self.tokens_used,
+            bytes.fromhex(self.content_hash[2:]),
+            self.signature_bytes,
+        )
 
 
 class ReceiptSigner:
@@ -438,8 +469,79 @@ def recover_receipt_signer(domain: Eip712Domain, receipt: Receipt) -> str:
     tampered field does not raise: it recovers a different address, so
     always compare the result with the expected signer.
     """
-    digest = receipt_digest(domain, receipt.session_id, receipt.tokens_used, receipt.content_hash)
-    return recover_signer(digest, receipt.signature)
+    return recover_signer(_typed_digest(domain, receipt.digest), receipt.signature)
+
+
+def check_receipt(
+    receipt: Receipt,
+    domain: Eip712Domain,
+    *,
+    session_id: int,
+    signer: str,
+    recorded: int = 0,
+    max_tokens: int | None = None,
+    sent: Container[tuple[int, str]] | None = None,
+) -> None:
+    """The one receipt check (the SDK before it submits, the host before it stores,
+    ProofVerifier): raise SDKError unless `receipt` is a valid new receipt.
+
+    The rules, in order, each with the code the caller reports:
+
+    - for another session than `session_id`: PROOF_VERIFICATION_FAILED;
+    - `tokens_used` not above `recorded` (what the host acknowledged, or the
+      chain recorded): STALE_RECEIPT;
+    - above `max_tokens` (what the deposit pays for), when given:
+      SESSION_BUDGET_EXHAUSTED;
+    - `(tokens_used, content_hash)` not among the states `sent` (the host's
+      own record of what it streamed), when given: PROOF_VERIFICATION_FAILED;
+    - a malformed or malleable signature: INVALID_PROOF;
+    - signed by anyone but `signer` (or by nobody): WRONG_SIGNER when the
+      fields are known to be a state that was sent, otherwise
+      PROOF_VERIFICATION_FAILED, since an altered field also recovers
+      another address.
+    """
+    if receipt.session_id != session_id:
+        raise SDKError(
+            SDKErrorCode.PROOF_VERIFICATION_FAILED,
+            f"receipt is for session {receipt.session_id}, this is session {session_id}",
+            {"session_id": receipt.session_id},
+        )
+    if receipt.tokens_used <= recorded:
+        raise SDKError(
+            SDKErrorCode.STALE_RECEIPT,
+            f"receipt for {receipt.tokens_used} tokens is not above the {recorded} already "
+            f"accepted for session {session_id}; sign a newer one",
+            {"recorded": recorded},
+        )
+    if max_tokens is not None and receipt.tokens_used > max_tokens:
+        raise SDKError(
+            SDKErrorCode.SESSION_BUDGET_EXHAUSTED,
+            f"receipt claims {receipt.tokens_used} tokens but session {session_id}'s deposit "
+            f"pays for {max_tokens}",
+            {"max_tokens": max_tokens},
+        )
+    if sent is not None and (receipt.tokens_used, receipt.content_hash) not in sent:
+        raise SDKError(
+            SDKErrorCode.PROOF_VERIFICATION_FAILED,
+            f"no state with {receipt.tokens_used} tokens and hash {receipt.content_hash} was sent",
+        )
+    try:
+        got = recover_receipt_signer(domain, receipt)
+    except InvalidSignatureError as exc:
+        raise SDKError(
+            SDKErrorCode.INVALID_PROOF,
+            f"proof is not a valid 65-byte receipt signature: {exc.message}",
+            exc.details,
+        ) from None
+    if not same_address(got, signer) or same_address(got, _ZERO_ADDRESS):
+        raise SDKError(
+            SDKErrorCode.WRONG_SIGNER
+            if sent is not None
+            else SDKErrorCode.PROOF_VERIFICATION_FAILED,
+            f"receipt was signed by {got}, not session {session_id}'s key {signer}"
+            + ("" if sent is not None else " (or the fields were altered)"),
+            {"signer": got, "session_key": signer},
+        )
 
 
 def sign_session_init(
@@ -574,19 +676,31 @@ class ProofVerifier:
         Never raises for a bad proof (malformed, malleable, wrong signer, a
         Receipt whose fields differ from the expected ones): it returns False.
         """
+        content = "0x" + to_bytes32(content_hash, "content_hash").hex()
         if isinstance(proof, Receipt):
             if (proof.session_id, proof.tokens_used) != (session_id, tokens_used):
                 return False
-            if to_bytes32(proof.content_hash) != to_bytes32(content_hash, "content_hash"):
+            if proof.content_hash != content:
                 return False
-            proof = proof.signature
+            receipt = proof
+        else:
+            try:
+                receipt = Receipt(
+                    session_id, tokens_used, content, "0x" + _signature_bytes(proof).hex()
+                )
+            except InvalidSignatureError:
+                return False
         try:
-            signer = self.recover_checkpoint_signer(
-                proof, session_id=session_id, tokens_used=tokens_used, content_hash=content_hash
+            check_receipt(
+                receipt,
+                self.domain,
+                session_id=session_id,
+                signer=expected_signer,
+                recorded=tokens_used - 1,
             )
-        except InvalidSignatureError:
+        except SDKError:
             return False
-        return same_address(signer, expected_signer) and not same_address(signer, _ZERO_ADDRESS)
+        return True
 
     def verify_session_init(
         self,

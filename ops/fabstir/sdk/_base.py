@@ -226,6 +226,38 @@ class ManagerBase:
         erc20 = self._sdk.chain.contract("USDC", token.address)
         return int(self._call(erc20.functions.balanceOf(owner), f"{token.symbol}.balanceOf"))
 
+    def _pay_and_send(
+        self,
+        fn: Any,
+        what: str,
+        *,
+        token: Token,
+        spender: str,
+        amount: int,
+        purpose: str | None,
+    ) -> tuple[TxResult, str | None]:
+        """The one balance -> allowance -> send sequence, for a call that takes `amount`
+        of `token` from the signer's wallet: check the wallet holds it
+        (INSUFFICIENT_BALANCE naming `purpose`; None when the caller has checked it
+        already), approve `spender` when an ERC-20 allowance is short
+        (APPROVAL_FAILED), then send `fn`, with `amount` as value for ETH.
+        Returns the transaction and the approval's tx hash (None when none was needed).
+        """
+        me = self._me(what)
+        if purpose is not None and amount:
+            wallet = self._erc20_balance(token, me)
+            if wallet < amount:
+                fail(
+                    SDKErrorCode.INSUFFICIENT_BALANCE,
+                    f"{purpose}: the wallet holds {token.format(wallet)} {token.symbol}, "
+                    f"less than {token.format(amount)} {token.symbol}",
+                    wallet=wallet,
+                    required=amount,
+                )
+        approval = self._ensure_allowance(token, me, spender, amount, what)
+        result = self._send(fn, what, value=amount if token.is_eth else 0)
+        return result, approval
+
     def _ensure_allowance(
         self, token: Token, owner: str, spender: str, amount: int, what: str
     ) -> str | None:

@@ -232,19 +232,16 @@ class HostManager(ManagerBase):
                 stake=stake,
                 minimum=min_stake,
             )
-        balance = self._erc20_balance(fab, me)
-        if balance < stake:
-            fail(
-                SDKErrorCode.INSUFFICIENT_BALANCE,
-                f"staking {fab.format(stake)} FAB needs that much in the wallet; it holds "
-                f"{fab.format(balance)} FAB",
-                required=stake,
-                wallet=balance,
-            )
-        registry = self._sdk.get_contract_address("NodeRegistry")
-        self._ensure_allowance(fab, me, registry, stake, what)
         fn = nodes.functions.register(stake, url, metadata_json, models, tokens, prices)
-        return self._send(fn, "NodeRegistry.register").tx_hash
+        result, _ = self._pay_and_send(
+            fn,
+            "NodeRegistry.register",
+            token=fab,
+            spender=self._sdk.get_contract_address("NodeRegistry"),
+            amount=stake,
+            purpose=f"staking {fab.format(stake)} FAB",
+        )
+        return result.tx_hash
 
     def _check_models(self, specs: Sequence[ModelSpec | Mapping[str, Any] | str]) -> list[str]:
         if isinstance(specs, str | bytes) or not isinstance(specs, Sequence):
@@ -356,22 +353,21 @@ class HostManager(ManagerBase):
 
     def add_stake(self, amount: str) -> str:
         """Add `amount` FAB to the stake (approving the registry first if needed)."""
-        me = self._require_active_host("add_stake")
+        self._require_active_host("add_stake")
         fab = self._token("FAB")
         value = fab.parse(amount)
         if value == 0:
             fail(SDKErrorCode.INVALID_AMOUNT, "amount must be more than 0")
-        balance = self._erc20_balance(fab, me)
-        if balance < value:
-            fail(
-                SDKErrorCode.INSUFFICIENT_BALANCE,
-                f"the wallet holds {fab.format(balance)} FAB, less than {fab.format(value)}",
-            )
-        self._ensure_allowance(
-            fab, me, self._sdk.get_contract_address("NodeRegistry"), value, "add_stake"
-        )
         nodes = self._contract("NodeRegistry")
-        return self._send(nodes.functions.addStake(value), "NodeRegistry.addStake").tx_hash
+        result, _ = self._pay_and_send(
+            nodes.functions.addStake(value),
+            "NodeRegistry.addStake",
+            token=fab,
+            spender=self._sdk.get_contract_address("NodeRegistry"),
+            amount=value,
+            purpose="add_stake",
+        )
+        return result.tx_hash
 
     # --- leaving and earnings -----------------------------------------------------------------
 

@@ -143,26 +143,22 @@ class PaymentManager(ManagerBase):
         (the wallet holds less), APPROVAL_FAILED.
         """
         what = "deposit"
-        me = self._me(what)
+        self._me(what)  # AUTH_REQUIRED before any input check
         tok = self._token(token)
         value = tok.parse(amount)
         if value == 0:
             fail(SDKErrorCode.INVALID_AMOUNT, "amount must be more than 0")
         self._accepted(tok)
-        wallet = self._erc20_balance(tok, me)
-        if wallet < value:
-            fail(
-                SDKErrorCode.INSUFFICIENT_BALANCE,
-                f"the wallet holds {tok.format(wallet)} {tok.symbol}, less than the "
-                f"{tok.format(value)} to deposit",
-                wallet=wallet,
-                required=value,
-            )
-        marketplace = self._sdk.get_contract_address("JobMarketplace")
-        self._ensure_allowance(tok, me, marketplace, value, what)
         market = self._contract("JobMarketplace")
-        fn = market.functions.deposit(tok.address, value)
-        return self._send(fn, f"deposit {tok.symbol}", value=value if tok.is_eth else 0).tx_hash
+        result, _ = self._pay_and_send(
+            market.functions.deposit(tok.address, value),
+            f"deposit {tok.symbol}",
+            token=tok,
+            spender=self._sdk.get_contract_address("JobMarketplace"),
+            amount=value,
+            purpose=f"depositing {tok.format(value)} {tok.symbol}",
+        )
+        return result.tx_hash
 
     def withdraw(self, amount: str | None = None, token: str | None = "USDC") -> str:
         """Take `amount` (None: all) of the in-contract balance back to the wallet.

@@ -105,7 +105,13 @@ class FabstirSDK:
                 self._deployment_error = str(exc)
             else:
                 for name, address in self._deployment.addresses.items():
-                    self._addresses[canonical_contract_name(name)] = to_checksum_address(address)
+                    try:
+                        canonical = canonical_contract_name(name)
+                    except SDKError:
+                        if self._deployment.token(name) is not None:
+                            continue  # a payment token: get_token(symbol) reads the table
+                        raise
+                    self._addresses[canonical] = to_checksum_address(address)
         self._addresses.update(self.config.contract_addresses)
 
     @property
@@ -211,8 +217,33 @@ class FabstirSDK:
         """The EIP-712 domain receipts are signed on: this chain and its JobMarketplace."""
         return Eip712Domain(self.config.chain_id, self.get_contract_address("JobMarketplace"))
 
+    def payment_tokens(self) -> list[Token]:
+        """The tokens the marketplace accepts, in its order (the chain's coin first):
+        the deployment record's token table, else read from the marketplace."""
+        if self._deployment is not None and self._deployment.tokens:
+            return [
+                Token(to_checksum_address(t.address), t.symbol, t.decimals)
+                for t in self._deployment.tokens
+            ]
+        market = self._contract("JobMarketplace")
+        with translate_errors("JobMarketplace.tokens"):
+            addresses = self.chain.call(market.functions.tokens(), "tokens")
+        return [self._token(str(a)) for a in addresses]
+
+    def _table_token(self, key: str) -> Token | None:
+        """A row of the deployment's token table by symbol or address, or None."""
+        for t in self._deployment.tokens if self._deployment is not None else ():
+            if key in (t.symbol.lower(), t.address.lower()):
+                return Token(to_checksum_address(t.address), t.symbol, t.decimals)
+        return None
+
     def _token(self, token: str | None) -> Token:
         key = "usdc" if token is None else str(token).strip().lower()
+        # The deployment's token table names every payment token: symbol, address and
+        # decimals, no chain call needed.
+        listed = self._table_token(key)
+        if listed is not None:
+            return listed
         if key in _ETH_NAMES:
             return Token(ZERO_ADDRESS, "ETH", ETH_DECIMALS)
         if key in ("usdc", "usdctoken"):
@@ -232,7 +263,8 @@ class FabstirSDK:
                 raise SDKError(
                     SDKErrorCode.INVALID_ADDRESS,
                     f"token {address} has no contract code on chain {self.config.chain_id}; "
-                    'use "USDC", "ETH" or a token contract address',
+                    "use a payment token's symbol (as the deployment lists them) or a token "
+                    "contract address",
                     {"token": address},
                 )
             decimals = int(self.chain.call(erc20.functions.decimals(), "decimals"))
@@ -246,8 +278,9 @@ class FabstirSDK:
         return resolved
 
     def get_token(self, token: str | None = None) -> Token:
-        """A payment token ("USDC", "ETH", "FAB" or an address) with its decimals
-        read from the token contract (ETH: 18)."""
+        """A token by symbol ("USDC", "ETH", any symbol of the deployment's token
+        table, "FAB") or address, with its decimals: from the table, else read from
+        the token contract (ETH: 18)."""
         return self._token(token)
 
     # --- authentication ------------------------------------------------------

@@ -42,6 +42,7 @@ from fabstir.protocol.messages import (
     ReceiptRequest,
     SessionInit,
     SessionReady,
+    negotiate_version,
 )
 from fabstir.protocol.receipts import ContentHasher, Receipt, ReceiptSigner, same_address
 from fabstir.sdk.errors import SDKError, SDKErrorCode
@@ -303,7 +304,7 @@ class SessionManager:
                         answer.append(msg.text)
                         await self._maybe_sign(live, ws, eager=False)
                         if msg.text:
-                            yield StreamChunk(request_id, msg.text, msg.tokens)
+                            yield StreamChunk(request_id, msg.text, msg.tokens_used)
                     elif isinstance(msg, End) and msg.id == request_id:
                         accepted = True
                         self._take_end(live, msg)
@@ -358,10 +359,10 @@ class SessionManager:
             live.ws = None
 
     def _take_chunk(self, live: _Live, msg: Chunk) -> None:
-        if msg.tokens <= live.tokens or msg.tokens > live.info.max_tokens:
+        if msg.tokens_used <= live.tokens or msg.tokens_used > live.info.max_tokens:
             raise SDKError(
                 SDKErrorCode.PROOF_VERIFICATION_FAILED,
-                f"host reported {msg.tokens} tokens after {live.tokens} "
+                f"host reported {msg.tokens_used} tokens after {live.tokens} "
                 f"(budget {live.info.max_tokens}); refusing to sign",
             )
         live.hasher.update_chunk(msg.text)
@@ -370,13 +371,13 @@ class SessionManager:
                 SDKErrorCode.PROOF_VERIFICATION_FAILED,
                 "host's content hash does not match the transcript received; refusing to sign",
             )
-        live.tokens = msg.tokens
+        live.tokens = msg.tokens_used
 
     def _take_end(self, live: _Live, msg: End) -> None:
-        if msg.tokens != live.tokens or msg.content_hash != live.hasher.hexdigest:
+        if msg.tokens_used != live.tokens or msg.content_hash != live.hasher.hexdigest:
             raise SDKError(
                 SDKErrorCode.PROOF_VERIFICATION_FAILED,
-                f"host's end state ({msg.tokens} tokens) differs from what was streamed "
+                f"host's end state ({msg.tokens_used} tokens) differs from what was streamed "
                 f"({live.tokens}); refusing to sign",
             )
 
@@ -397,10 +398,10 @@ class SessionManager:
 
     async def _handle_side_message(self, live: _Live, ws: WebSocketClient, msg: Message) -> None:
         if isinstance(msg, ReceiptAck):
-            live.acked = max(live.acked, msg.tokens)
+            live.acked = max(live.acked, msg.tokens_used)
         elif isinstance(msg, ReceiptRequest):
             # The host paused for a receipt. Sign only what this client has seen.
-            if msg.tokens <= live.tokens:
+            if msg.tokens_used <= live.tokens:
                 await self._sign_and_send(live, ws)
         elif isinstance(msg, ErrorMessage):
             raise msg.to_error()
@@ -447,11 +448,14 @@ class SessionManager:
                 f"host serves model {hello.model_id}, session is for {info.model_id}",
             )
         history = tuple(m.content for m in live.messages) if live.messages else None
+        # Speak the host's version when it is older (a version-1 host never sees `v`).
+        ws.version = negotiate_version(hello.v)
         await ws.send(
             SessionInit(
                 session_id=info.session_id,
                 signature=live.signer.sign_session_init(info.session_id, hello.nonce),
                 history=history,
+                v=ws.version,
             )
         )
         while True:
@@ -542,7 +546,7 @@ class SessionManager:
                 resent = True
                 continue
             if isinstance(msg, ReceiptAck):
-                live.acked = max(live.acked, msg.tokens)
+                live.acked = max(live.acked, msg.tokens_used)
 
     async def _say_goodbye(self, live: _Live) -> None:
         """Send `close` and let the host hang up once it has recorded it (it closes

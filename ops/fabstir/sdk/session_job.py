@@ -26,17 +26,11 @@ from web3.exceptions import Web3RPCError
 from web3.logs import DISCARD
 
 from fabstir.chain.client import ChainUnavailable
-from fabstir.protocol.receipts import (
-    InvalidSignatureError,
-    Receipt,
-    receipt_digest,
-    recover_signer,
-    same_address,
-)
+from fabstir.chain.marketplace import MAX_BATCH, OnChainSession
+from fabstir.protocol.receipts import Receipt, check_receipt, same_address
 from fabstir.sdk._base import (
     ZERO_ADDRESS,
     ManagerBase,
-    Token,
     check_address,
     check_bytes32,
     check_uint,
@@ -44,6 +38,7 @@ from fabstir.sdk._base import (
     translate_errors,
 )
 from fabstir.sdk.errors import SDKError, SDKErrorCode
+from fabstir.sdk.preflight import SessionPreflight
 from fabstir.sdk.types import (
     BatchSettleResult,
     ReceiptOutcome,
@@ -53,14 +48,6 @@ from fabstir.sdk.types import (
     SessionStatus,
     SettleItem,
 )
-
-# JobMarketplace constants (compile-time constants of the contract).
-MIN_DURATION: Final = 60
-MAX_DURATION: Final = 30 * 24 * 3600
-MAX_BATCH: Final = 100
-_UINT24_MAX: Final = 2**24 - 1
-_UINT40_MAX: Final = 2**40 - 1
-_UINT64_MAX: Final = 2**64 - 1
 
 SESSION_CREATED_TOPIC: Final = (
     "0x"
@@ -87,17 +74,7 @@ def _receipt_of(value: Receipt | Mapping[str, Any]) -> Receipt:
     if isinstance(value, Receipt):
         return value
     if isinstance(value, Mapping):
-        try:
-            return Receipt(
-                session_id=value["session_id"] if "session_id" in value else value["sessionId"],
-                tokens_used=value["tokens_used"] if "tokens_used" in value else value["tokensUsed"],
-                content_hash=(
-                    value["content_hash"] if "content_hash" in value else value["contentHash"]
-                ),
-                signature=value["signature"] if "signature" in value else value["proofData"],
-            )
-        except KeyError as exc:
-            fail(SDKErrorCode.INVALID_ARGUMENT, f"receipt is missing {exc.args[0]!r}")
+        return Receipt.from_mapping(value)
     fail(SDKErrorCode.INVALID_ARGUMENT, f"receipt must be a Receipt or a mapping, got {value!r}")
 
 
@@ -114,25 +91,24 @@ class SessionJobManager(ManagerBase):
         return self._decode_session(raw)
 
     def _decode_session(self, raw: Sequence[Any]) -> SessionInfo:
-        (sid, depositor, host, key, token, model, price, deposit, max_tokens, used, ends_at,
-         finalize_after, interval, status) = raw  # fmt: skip
-        tok = self._token(token)
+        s = OnChainSession.from_tuple(raw)
+        tok = self._token(s.token)
         return SessionInfo(
-            session_id=int(sid),
-            depositor=str(depositor),
-            host=str(host),
-            session_key=str(key),
+            session_id=s.session_id,
+            depositor=s.depositor,
+            host=s.host,
+            session_key=s.session_key,
             token=tok.address,
-            model_id="0x" + bytes(model).hex(),
-            price_per_token=int(price),
-            deposit_raw=int(deposit),
-            deposit=tok.format(int(deposit)),
-            max_tokens=int(max_tokens),
-            tokens_used=int(used),
-            ends_at=int(ends_at),
-            finalize_after=int(finalize_after),
-            proof_interval=int(interval),
-            status=SessionStatus(int(status)),
+            model_id=s.model_id,
+            price_per_token=s.price,
+            deposit_raw=s.deposit,
+            deposit=tok.format(s.deposit),
+            max_tokens=s.max_tokens,
+            tokens_used=s.tokens_used,
+            ends_at=s.ends_at,
+            finalize_after=s.finalize_after,
+            proof_interval=s.proof_interval,
+            status=s.status,
         )
 
     def get_remaining_budget(self, session_id: int) -> tuple[int, str]:
@@ -270,23 +246,27 @@ class SessionJobManager(ManagerBase):
         )
         deposit = token.parse(config.deposit_amount, "deposit_amount")
         key = ZERO_ADDRESS if session_key is None else check_address(session_key, "session_key")
-        plan = self._plan_session(me, host, token, deposit, config, model_id)
-
-        approval = self._ensure_allowance(
-            token, me, self._sdk.get_contract_address("JobMarketplace"), plan["missing"], what
-        )
+        plan = SessionPreflight(self._sdk).plan(me, host, token, deposit, config, model_id)
         market = self._contract("JobMarketplace")
         fn = market.functions.createSessionFromWallet(
             host,
-            plan["model_id"],
+            plan.model_id,
             token.address,
             deposit,
-            config.price_per_token,
-            config.duration,
-            config.proof_interval,
+            plan.price_per_token,
+            plan.duration,
+            plan.proof_interval,
             key,
         )
-        result = self._send(fn, what, value=plan["missing"] if token.is_eth else 0)
+        # The plan checked the wallet against what it must add (purpose None).
+        result, approval = self._pay_and_send(
+            fn,
+            what,
+            token=token,
+            spender=self._sdk.get_contract_address("JobMarketplace"),
+            amount=plan.from_wallet,
+            purpose=None,
+        )
         events = market.events.SessionCreated().process_receipt(result.receipt, errors=DISCARD)
         if not events:  # pragma: no cover - the contract always emits it
             fail(
@@ -300,154 +280,10 @@ class SessionJobManager(ManagerBase):
             deposit=token.format(int(args["deposit"])),
             deposit_raw=int(args["deposit"]),
             token=token.address,
-            model_id=plan["model_id"],
+            model_id=plan.model_id,
             host=host,
             receipt=result.receipt,
             approval_tx_hash=approval,
-        )
-
-    def _plan_session(
-        self,
-        me: str,
-        host: str,
-        token: Token,
-        deposit: int,
-        config: SessionConfig,
-        model_id: str | None,
-    ) -> dict[str, Any]:
-        """Every check the contract makes, against chain views; returns the model
-        id and what the wallet must add to the in-contract balance."""
-        market = self._contract("JobMarketplace")
-        nodes = self._contract("NodeRegistry")
-        price = config.price_per_token
-        if same_address(host, me):
-            fail(SDKErrorCode.INVALID_ARGUMENT, "provider is your own address; pick another host")
-        if price > _UINT64_MAX:
-            fail(SDKErrorCode.INVALID_AMOUNT, f"price_per_token {price} is above 2**64-1")
-        if not MIN_DURATION <= config.duration <= MAX_DURATION:
-            fail(
-                SDKErrorCode.INVALID_ARGUMENT,
-                f"duration must be {MIN_DURATION}..{MAX_DURATION} seconds, got {config.duration}",
-            )
-        if config.proof_interval > _UINT24_MAX:
-            fail(SDKErrorCode.INVALID_ARGUMENT, f"proof_interval must be at most {_UINT24_MAX}")
-        if deposit == 0:
-            fail(SDKErrorCode.INVALID_AMOUNT, "deposit_amount must be more than 0")
-        if bool(self._call(market.functions.paused(), "paused")):
-            fail(
-                SDKErrorCode.SERVICE_UNAVAILABLE,
-                "the marketplace is paused: no new sessions for now; try again later",
-            )
-        accepted, _index, min_deposit = self._call(
-            market.functions.tokenConfig(token.address), "tokenConfig"
-        )
-        if not accepted:
-            fail(
-                SDKErrorCode.INVALID_ARGUMENT,
-                f"the marketplace does not accept {token.symbol} ({token.address}); pay in USDC or ETH",
-                token=token.address,
-            )
-        max_tokens = deposit // price
-        if max_tokens < config.proof_interval:
-            fail(
-                SDKErrorCode.DEPOSIT_TOO_LOW,
-                f"a deposit of {token.format(deposit)} {token.symbol} at {price} per token covers "
-                f"{max_tokens} tokens, fewer than the proof interval ({config.proof_interval}); "
-                f"deposit at least {token.format(price * config.proof_interval)} {token.symbol}",
-                covers=max_tokens,
-                proof_interval=config.proof_interval,
-            )
-        if max_tokens > _UINT40_MAX:
-            fail(SDKErrorCode.INVALID_AMOUNT, "deposit is too large for one session")
-        escrow = max_tokens * price
-        if escrow < int(min_deposit):
-            fail(
-                SDKErrorCode.DEPOSIT_TOO_LOW,
-                f"deposit {token.format(escrow)} {token.symbol}"
-                + (
-                    f" (whole tokens' worth of {token.format(deposit)} at {price} per token)"
-                    if escrow != deposit
-                    else ""
-                )
-                + f" is below the minimum of {token.format(int(min_deposit))} {token.symbol}; "
-                "deposit at least that much",
-                deposit=escrow,
-                minimum=int(min_deposit),
-            )
-        model = self._session_model(host, model_id)
-        active, serves, approved, min_price, _ = self._call(
-            nodes.functions.sessionTerms(host, model, token.address), "sessionTerms"
-        )
-        if not active:
-            fail(
-                SDKErrorCode.HOST_NOT_FOUND,
-                f"{host} is not an active host; find one with "
-                "get_host_manager().find_hosts_for_model(model_id)",
-                host=host,
-            )
-        if not approved:
-            self._sdk.get_model_manager().require_approved(model)
-        if not serves:
-            fail(
-                SDKErrorCode.MODEL_MISMATCH,
-                f"host {host} does not serve model {model}; pick a host from "
-                "find_hosts_for_model(model_id)",
-                host=host,
-                model_id=model,
-            )
-        if int(min_price) == 0:
-            fail(
-                SDKErrorCode.INVALID_ARGUMENT,
-                f"host {host} does not accept {token.symbol}; pay in a token it prices",
-                host=host,
-                token=token.address,
-            )
-        if price < int(min_price):
-            fail(
-                SDKErrorCode.PRICE_TOO_LOW,
-                f"price_per_token {price} is below host {host}'s minimum of {int(min_price)} "
-                f"(smallest {token.symbol} units per token); offer at least {int(min_price)}",
-                price=price,
-                minimum=int(min_price),
-            )
-        balance = int(self._call(market.functions.balanceOf(me, token.address), "balanceOf"))
-        missing = max(0, escrow - balance)
-        if missing:
-            wallet = self._erc20_balance(token, me)
-            if wallet < missing:
-                fail(
-                    SDKErrorCode.INSUFFICIENT_BALANCE,
-                    f"the session needs {token.format(escrow)} {token.symbol}: "
-                    f"{token.format(balance)} in the marketplace balance plus "
-                    f"{token.format(wallet)} in the wallet is not enough; add "
-                    f"{token.format(missing - wallet)} {token.symbol}",
-                    required=escrow,
-                    deposited=balance,
-                    wallet=wallet,
-                )
-        return {"model_id": model, "missing": missing, "escrow": escrow}
-
-    def _session_model(self, host: str, model_id: str | None) -> str:
-        if model_id is not None:
-            return check_bytes32(model_id, "model_id")
-        nodes = self._contract("NodeRegistry")
-        models = [
-            "0x" + bytes(m).hex()
-            for m in self._call(nodes.functions.hostModels(host), "hostModels")
-        ]
-        if len(models) == 1:
-            return models[0]
-        if not models:
-            fail(
-                SDKErrorCode.HOST_NOT_FOUND,
-                f"{host} is not an active host (it lists no model); pick one from "
-                "find_hosts_for_model(model_id)",
-                host=host,
-            )
-        fail(
-            SDKErrorCode.INVALID_ARGUMENT,
-            f"host {host} serves {len(models)} models; pass model_id (one of {', '.join(models)})",
-            models=models,
         )
 
     # --- receipts ---------------------------------------------------------------
@@ -477,9 +313,7 @@ class SessionJobManager(ManagerBase):
         del checkpoint_number
         receipt = self._checked_receipt(session_id, tokens_used, proof_data, content_hash)
         market = self._contract("JobMarketplace")
-        fn = market.functions.submitCheckpoint(
-            receipt.session_id, receipt.tokens_used, receipt.content_hash, receipt.signature
-        )
+        fn = market.functions.submitCheckpoint(*receipt.call_args())
         return self._send(fn, f"submitCheckpoint({receipt.session_id})").tx_hash
 
     def submit_receipt(self, receipt: Receipt | Mapping[str, Any]) -> str:
@@ -514,39 +348,14 @@ class SessionJobManager(ManagerBase):
                 f"session {info.session_id} is already settled",
                 session_id=info.session_id,
             )
-        if r.tokens_used <= info.tokens_used:
-            fail(
-                SDKErrorCode.STALE_RECEIPT,
-                f"receipt for {r.tokens_used} tokens is not above the {info.tokens_used} "
-                f"already recorded for session {info.session_id}; submit a newer receipt",
-                recorded=info.tokens_used,
-            )
-        if r.tokens_used > info.max_tokens:
-            fail(
-                SDKErrorCode.SESSION_BUDGET_EXHAUSTED,
-                f"receipt claims {r.tokens_used} tokens but session {info.session_id}'s deposit "
-                f"pays for {info.max_tokens}",
-                max_tokens=info.max_tokens,
-            )
-        digest = receipt_digest(
-            self._sdk.receipt_domain(), r.session_id, r.tokens_used, r.content_hash
+        check_receipt(
+            r,
+            self._sdk.receipt_domain(),
+            session_id=info.session_id,
+            signer=info.session_key,
+            recorded=info.tokens_used,
+            max_tokens=info.max_tokens,
         )
-        try:
-            signer = recover_signer(digest, r.signature)
-        except InvalidSignatureError as exc:
-            raise SDKError(
-                SDKErrorCode.INVALID_PROOF,
-                f"proof is not a valid 65-byte receipt signature: {exc.message}",
-                exc.details,
-            ) from None
-        if not same_address(signer, info.session_key):
-            fail(
-                SDKErrorCode.PROOF_VERIFICATION_FAILED,
-                f"receipt was signed by {signer}, not session {info.session_id}'s key "
-                f"{info.session_key} (or the fields were altered)",
-                signer=signer,
-                session_key=info.session_key,
-            )
 
     # --- closing and settling ------------------------------------------------------
 
@@ -620,9 +429,7 @@ class SessionJobManager(ManagerBase):
         r = self._newer_receipt(info, receipt)
         if r is None:
             return self._send(market.functions.requestClose(info.session_id), what).tx_hash
-        fn = market.functions.requestCloseWithReceipt(
-            info.session_id, r.tokens_used, r.content_hash, r.signature
-        )
+        fn = market.functions.requestCloseWithReceipt(*r.call_args())
         return self._send(fn, f"requestCloseWithReceipt({info.session_id})").tx_hash
 
     def _newer_receipt(
@@ -660,9 +467,7 @@ class SessionJobManager(ManagerBase):
             return self._send(
                 market.functions.settle(info.session_id), f"settle({info.session_id})"
             ).tx_hash
-        fn = market.functions.settleWithReceipt(
-            info.session_id, r.tokens_used, r.content_hash, r.signature
-        )
+        fn = market.functions.settleWithReceipt(*r.call_args())
         return self._send(fn, f"settleWithReceipt({info.session_id})").tx_hash
 
     def _require_host(self, me: str, info: SessionInfo, what: str) -> None:
@@ -720,9 +525,7 @@ class SessionJobManager(ManagerBase):
                 f"none of these sessions is an open session hosted by {me}; only hosts settle",
             )
         market = self._contract("JobMarketplace")
-        fn = market.functions.settleBatch(
-            [(i.session_id, i.tokens_used, i.content_hash, i.signature) for i in normalised]
-        )
+        fn = market.functions.settleBatch([i.as_tuple() for i in normalised])
         result = self._send(fn, what)
         outcomes: list[ReceiptOutcome] = []
         settled = {
@@ -808,16 +611,9 @@ def _signature_hex(signature: str | bytes) -> str:
 def _settle_item(value: SettleItem | Receipt | int) -> SettleItem:
     if isinstance(value, SettleItem):
         check_uint(value.session_id, "session_id", positive=True)
-        check_uint(value.tokens_used, "tokens_used")
-        content = check_bytes32(value.content_hash, "content_hash")
-        sig = (
-            "0x"
-            if value.tokens_used == 0 and value.signature in ("", "0x")
-            else _signature_hex(value.signature)
-        )
-        return SettleItem(value.session_id, value.tokens_used, content, sig)
+        return value
     if isinstance(value, Receipt):
-        return SettleItem(value.session_id, value.tokens_used, value.content_hash, value.signature)
+        return SettleItem.of(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return SettleItem(check_uint(value, "session_id", positive=True))
     fail(

@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final, Self
 
+# The marketplace's enums and settleBatch item are defined once in the core;
+# the SDK's public names for them are these re-exports.
+from fabstir.chain.marketplace import ModelStatus as ModelStatus
+from fabstir.chain.marketplace import Outcome, Status
+from fabstir.chain.marketplace import SettleItem as SettleItem
 from fabstir.sdk.constants import (
     DEFAULT_PRICE_PER_TOKEN,
     DEFAULT_PROOF_INTERVAL,
@@ -115,26 +120,10 @@ class SessionConfig:
         return cls(**base)
 
 
-class SessionStatus(IntEnum):
-    """JobMarketplace.Status. The reference's 'active' is ACTIVE; 'completed' is
-    SETTLED; CLOSING is a close request waiting out the settlement window."""
-
-    NONE = 0
-    ACTIVE = 1
-    CLOSING = 2
-    SETTLED = 3
-
-
-class ReceiptOutcome(IntEnum):
-    """JobMarketplace.Outcome: whether a receipt (or batch item) is accepted."""
-
-    OK = 0
-    UNKNOWN_SESSION = 1
-    NOT_OPEN = 2
-    NOT_HOST = 3
-    STALE_RECEIPT = 4
-    EXCEEDS_DEPOSIT = 5
-    BAD_SIGNATURE = 6
+#: JobMarketplace.Status under the SDK's name.
+SessionStatus = Status
+#: JobMarketplace.Outcome under the SDK's name.
+ReceiptOutcome = Outcome
 
 
 @dataclass(frozen=True)
@@ -224,16 +213,6 @@ class BatchSettleResult:
         return sum(1 for o in self.outcomes if o == ReceiptOutcome.OK)
 
 
-@dataclass(frozen=True)
-class SettleItem:
-    """One settleBatch item: a session and optionally a newer receipt to record first."""
-
-    session_id: int
-    tokens_used: int = 0
-    content_hash: str = "0x" + "00" * 32
-    signature: str = "0x"
-
-
 # --- balances -------------------------------------------------------------------------
 
 
@@ -255,15 +234,6 @@ class TokenBalances:
 
 
 # --- models ---------------------------------------------------------------------------
-
-
-class ModelStatus(IntEnum):
-    """ModelRegistry.Status."""
-
-    NONE = 0
-    PENDING = 1
-    APPROVED = 2
-    DEACTIVATED = 3
 
 
 @dataclass(frozen=True)

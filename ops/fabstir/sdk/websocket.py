@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from fabstir.protocol.messages import (
     MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
     Message,
     Ping,
     Pong,
@@ -68,6 +69,9 @@ class WebSocketClient:
         self.heartbeat_interval = heartbeat_interval
         self.open_timeout = open_timeout
         self.auto_reconnect = auto_reconnect
+        #: The protocol version frames are written in (the session lowers it for an
+        #: older host after its hello).
+        self.version = PROTOCOL_VERSION
         self._conn: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -152,7 +156,7 @@ class WebSocketClient:
         if conn is None:
             raise SDKError(SDKErrorCode.WEBSOCKET_MESSAGE_FAILED, "not connected")
         try:
-            await conn.send(message.to_json())
+            await conn.send(message.to_json(self.version))
         except ConnectionClosed as exc:
             raise SDKError(
                 SDKErrorCode.WEBSOCKET_MESSAGE_FAILED, f"connection closed: {exc}"

@@ -11,7 +11,7 @@ ABI_DIR = Path(__file__).resolve().parent
 
 CONTRACTS = (
     "FABToken",
-    "MockUSDC",
+    "MockERC20",
     "ModelRegistry",
     "NodeRegistry",
     "ProofSystem",
