@@ -355,13 +355,15 @@ class Prompt(Message):
     id: str = _f(_request_id)
     text: str = _f(_text())
     max_tokens: int = _f(_uint(1))
-    context: tuple[str, ...] | None = _opt(_text_list(MAX_CONTEXT_TURNS, MAX_HISTORY_TURN_CHARS))
-    system: str | None = _opt(_text(MAX_HISTORY_TURN_CHARS))
+    context: tuple[str, ...] | None = _opt(
+        _text_list(MAX_CONTEXT_TURNS, MAX_HISTORY_TURN_CHARS), since=2
+    )
+    system: str | None = _opt(_text(MAX_HISTORY_TURN_CHARS), since=2)
     #: Decimal strings (the protocol has no floats): 0..2 and (0, 1].
-    temperature: str | None = _opt(_decimal_string("0", "2"))
-    top_p: str | None = _opt(_decimal_string("0", "1", open_low=True))
-    seed: int | None = _opt(_uint())
-    stop: tuple[str, ...] | None = _opt(_text_list(MAX_STOP_STRINGS, MAX_STOP_CHARS))
+    temperature: str | None = _opt(_decimal_string("0", "2"), since=2)
+    top_p: str | None = _opt(_decimal_string("0", "1", open_low=True), since=2)
+    seed: int | None = _opt(_uint(), since=2)
+    stop: tuple[str, ...] | None = _opt(_text_list(MAX_STOP_STRINGS, MAX_STOP_CHARS), since=2)
 
     @property
     def self_contained(self) -> bool:

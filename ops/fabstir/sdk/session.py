@@ -290,6 +290,12 @@ class SessionManager:
             raise SDKError(SDKErrorCode.INVALID_ARGUMENT, exc.message) from None
         async with live.lock:
             ws = await self._connected(live)
+            if message.self_contained and ws.version < 2:
+                raise SDKError(
+                    SDKErrorCode.UNSUPPORTED_VERSION,
+                    f"the host speaks protocol version {ws.version}; self-contained prompts "
+                    "(OpenAI requests) need version 2",
+                )
             before = live.hasher.copy()
             accepted = False
             live.hasher.update_prompt(message.transcript_text())
@@ -310,7 +316,7 @@ class SessionManager:
                         self._take_end(live, msg)
                         await self._maybe_sign(live, ws, eager=True)
                         if with_end:
-                            yield StreamChunk(request_id, "", msg.tokens, msg.finish_reason)
+                            yield StreamChunk(request_id, "", msg.tokens_used, msg.finish_reason)
                         break
                     elif isinstance(msg, ErrorMessage) and msg.id in (None, request_id):
                         raise msg.to_error()
