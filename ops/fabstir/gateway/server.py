@@ -339,6 +339,7 @@ class Gateway:
             raise host_failed(f"the host failed mid-answer: {exc.message}") from None
         except StopAsyncIteration:
             pass
+        await _aclose(stream)
         used = self._finish(req, answer, s, before, started, "ok")
         await self.pool.release(s)
         reason = finish_reason(piece.finish_reason)
@@ -379,6 +380,7 @@ class Gateway:
                 error = host_failed(f"the host failed mid-answer: {exc.message}")
                 await event(error.body())
                 return response
+            await _aclose(stream)
             used = self._sm.tokens_received(s.session_id) - before
             await event(answer.chunk({}, finish_reason(piece.finish_reason)))
             if req.include_usage:

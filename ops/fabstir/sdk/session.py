@@ -298,6 +298,7 @@ class SessionManager:
                 )
             before = live.hasher.copy()
             accepted = False
+            end: StreamChunk | None = None
             live.hasher.update_prompt(message.transcript_text())
             await ws.send(message)
             answer: list[str] = []
@@ -315,8 +316,7 @@ class SessionManager:
                         accepted = True
                         self._take_end(live, msg)
                         await self._maybe_sign(live, ws, eager=True)
-                        if with_end:
-                            yield StreamChunk(request_id, "", msg.tokens_used, msg.finish_reason)
+                        end = StreamChunk(request_id, "", msg.tokens_used, msg.finish_reason)
                         break
                     elif isinstance(msg, ErrorMessage) and msg.id in (None, request_id):
                         raise msg.to_error()
@@ -341,6 +341,9 @@ class SessionManager:
                     await self._save(live)
                 elif accepted:
                     await self._save(live)  # the receipt state, without the conversation
+        # Outside the lock: a caller that stops reading after the end holds nothing.
+        if with_end and end is not None:
+            yield end
 
     async def _cancel_request(self, live: _Live, ws: WebSocketClient, request_id: str) -> None:
         """Send `cancel` and read until the request's `end`; on any failure drop the
