@@ -35,8 +35,13 @@ class ConfigError(ValueError):
 class Limits:
     """Per-connection and per-request limits (all enforced with an `error` frame)."""
 
-    #: WebSocket connections at once from one IP address (TOO_MANY_CONNECTIONS).
+    #: Connections at once from one IP address that have not opened a session yet
+    #: (TOO_MANY_CONNECTIONS). Once a connection holds a paid session it counts
+    #: against its wallet instead, so a gateway paying for many sessions from one
+    #: machine is not throttled by its address.
     max_connections_per_ip: int = 8
+    #: Sessions served at once for one depositor (TOO_MANY_CONNECTIONS).
+    max_sessions_per_wallet: int = 64
     #: WebSocket connections at once in total (SERVICE_UNAVAILABLE).
     max_connections: int = 512
     #: Largest frame parsed (MESSAGE_TOO_LARGE); frames above twice this close the socket.
@@ -55,6 +60,7 @@ class Limits:
     def __post_init__(self) -> None:
         for name in (
             "max_connections_per_ip",
+            "max_sessions_per_wallet",
             "max_connections",
             "max_frame_bytes",
             "max_prompt_chars",

@@ -119,6 +119,7 @@ class HostServer:
         self.sessions: dict[int, ServedSession] = {}
         self.connections: set[Connection] = set()
         self._per_ip: Counter[str] = Counter()
+        self._per_wallet: Counter[str] = Counter()
         self._server: Server | None = None
         self.accepting = True
 
@@ -314,10 +315,28 @@ class HostServer:
         finally:
             await conn.cleanup()
             self.connections.discard(conn)
-            self._per_ip[peer] -= 1
-            if self._per_ip[peer] <= 0:
-                del self._per_ip[peer]
+            self._release_slot(conn)
             self.metrics.connections.set(len(self.connections))
+
+    def _release_slot(self, conn: Connection) -> None:
+        counts, key = (
+            (self._per_wallet, conn.wallet)
+            if conn.wallet is not None
+            else (self._per_ip, conn.peer)
+        )
+        counts[key] -= 1
+        if counts[key] <= 0:
+            del counts[key]
+
+    def take_wallet_slot(self, conn: Connection, wallet: str) -> bool:
+        """Move an authenticated connection from its IP's count to its wallet's; False
+        when the wallet already has `max_sessions_per_wallet` sessions here."""
+        if self._per_wallet[wallet] >= self.limits.max_sessions_per_wallet:
+            return False
+        self._release_slot(conn)
+        conn.wallet = wallet
+        self._per_wallet[wallet] += 1
+        return True
 
     # -- HTTP
 
@@ -376,6 +395,8 @@ class Connection:
         self.server = server
         self.ws = ws
         self.peer = peer
+        #: The depositor once a session is open (it then counts against the wallet).
+        self.wallet: str | None = None
         self.limits = server.limits
         self.nonce = new_nonce()
         self.session: ServedSession | None = None
@@ -508,6 +529,13 @@ class Connection:
                 log.exception(kv("session_init_failed", session=msg.session_id, peer=self.peer))
                 await self.refuse(
                     SDKErrorCode.INTERNAL_ERROR, "the host failed to open the session", CLOSE_POLICY
+                )
+                return False
+            if not self.server.take_wallet_slot(self, session.terms.client.lower()):
+                await self.refuse(
+                    SDKErrorCode.TOO_MANY_CONNECTIONS,
+                    f"at most {self.limits.max_sessions_per_wallet} sessions at once per wallet",
+                    CLOSE_POLICY,
                 )
                 return False
             self.session = session
