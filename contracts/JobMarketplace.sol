@@ -30,6 +30,7 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
     /// @notice The fee can never be set above this at deploy (basis points).
     uint16 public constant MAX_FEE_BPS = 2000;
     uint256 public constant MIN_DURATION = 60;
+    /// @notice No deployment allows sessions longer than this; `maxDuration` may be shorter.
     uint256 public constant MAX_DURATION = 30 days;
     uint256 public constant MIN_SETTLEMENT_WINDOW = 60;
     uint256 public constant MAX_SETTLEMENT_WINDOW = 7 days;
@@ -124,6 +125,12 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
     uint16 public immutable feeBps;
     /// @notice Seconds the host has after a close request (or expiry) to post a newer receipt.
     uint256 public immutable settlementWindow;
+    /// @notice Longest session this deployment opens: MAX_DURATION, shortened so that
+    ///         maxDuration + settlementWindow <= the registry's unbonding period. A host that
+    ///         unregisters can then take its stake back only once every session it could
+    ///         still settle is past its settlement window (finalizable by anyone), so the
+    ///         stake stays slashable for as long as the host can be paid.
+    uint256 public immutable maxDuration;
 
     uint256 private _sessionCount;
     mapping(uint256 sessionId => Session) private _sessions;
@@ -134,6 +141,8 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
     error ZeroAddress();
     error FeeTooHigh(uint256 feeBps, uint256 maxFeeBps);
     error InvalidSettlementWindow(uint256 window);
+    error UnbondingTooShort(uint256 unbondingPeriod, uint256 settlementWindow);
+    error InvalidRecipient(address to);
     error LedgerNotBound(address ledger);
     error TooManyTokens();
     error TokenNotAccepted(address token);
@@ -169,7 +178,7 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
 
     event TokenConfigured(address indexed token, bool accepted, uint256 minDeposit, uint8 index);
     event Deposited(address indexed user, address indexed token, uint256 amount);
-    event Withdrawn(address indexed user, address indexed token, uint256 amount);
+    event Withdrawn(address indexed user, address indexed token, uint256 amount, address to);
     event SessionCreated(
         uint256 indexed sessionId,
         address indexed depositor,
@@ -225,6 +234,11 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         // The ledgers are deployed first, to this contract's precomputed address.
         if (earnings.marketplace() != address(this)) revert LedgerNotBound(address(earnings));
         if (treasury_.marketplace() != address(this)) revert LedgerNotBound(address(treasury_));
+        // The stake lock is structural: no session outlives its host's unbonding period.
+        uint256 unbonding = nodes.unbondingPeriod();
+        if (unbonding < settlementWindow_ + MIN_DURATION) revert UnbondingTooShort(unbonding, settlementWindow_);
+        uint256 longest = unbonding - settlementWindow_;
+        maxDuration = longest < MAX_DURATION ? longest : MAX_DURATION;
 
         nodeRegistry = nodes;
         modelRegistry = IModelRegistry(nodes.modelRegistry());
@@ -273,20 +287,26 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
             revert WrongEthValue(msg.value, 0);
         }
         Account storage a = _accounts[msg.sender][token];
-        a.balance = SafeCast.toUint128(a.balance + amount);
+        uint256 balance = a.balance + amount;
+        // Bound balance + escrow, not only the balance: settlement moves escrow back into
+        // the balance, which must then still fit 128 bits.
+        SafeCast.toUint128(balance + a.escrowed);
+        a.balance = uint128(balance);
         emit Deposited(msg.sender, token, amount);
         if (token != address(0)) _pull(token, amount);
     }
 
     /// @notice Take `amount` of the caller's in-contract balance out to the caller.
     function withdraw(address token, uint256 amount) external nonReentrant {
-        if (amount == 0) revert ZeroAmount();
-        Account storage a = _accounts[msg.sender][token];
-        uint256 balance = a.balance;
-        if (balance < amount) revert InsufficientBalance(balance, amount);
-        a.balance = uint128(balance - amount);
-        emit Withdrawn(msg.sender, token, amount);
-        _send(token, msg.sender, amount);
+        _withdraw(token, msg.sender, amount);
+    }
+
+    /// @notice Take `amount` of the caller's in-contract balance out to `to`: for a caller
+    ///         that cannot receive (a contract without `receive()`, an address the token
+    ///         blocklists). `to` may not be zero or this vault.
+    function withdrawTo(address token, address to, uint256 amount) external nonReentrant {
+        if (to == address(0) || to == address(this)) revert InvalidRecipient(to);
+        _withdraw(token, to, amount);
     }
 
     /// @inheritdoc IVault
@@ -357,7 +377,10 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
                 emit Deposited(msg.sender, token, missing);
             }
         }
-        (a.balance, a.escrowed) = (SafeCast.toUint128(balance - escrow), SafeCast.toUint128(a.escrowed + escrow));
+        uint256 escrowed = a.escrowed + escrow;
+        // What was added must keep balance + escrow within 128 bits (see deposit).
+        SafeCast.toUint128(balance + a.escrowed);
+        (a.balance, a.escrowed) = (uint128(balance - escrow), uint128(escrowed));
         if (missing != 0) _pull(token, missing);
     }
 
@@ -384,7 +407,8 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         external
     {
         Session storage s = _hostSession(sessionId);
-        _requireRecorded(sessionId, s, tokensUsed, contentHash, signature);
+        // Anyone may copy this receipt into submitCheckpoint first: then it is recorded already.
+        if (tokensUsed != s.tokensUsed) _requireRecorded(sessionId, s, tokensUsed, contentHash, signature);
         _settleOne(sessionId, s);
     }
 
@@ -409,7 +433,9 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
             Session storage s = _sessions[item.sessionId];
             Outcome o = _statusOutcome(s.status);
             if (o == Outcome.Ok && s.host != msg.sender) o = Outcome.NotHost;
-            if (o == Outcome.Ok && item.tokensUsed != 0) {
+            // A receipt equal to the recorded one (e.g. copied into submitCheckpoint by
+            // someone else first) settles as recorded, like tokensUsed 0.
+            if (o == Outcome.Ok && item.tokensUsed != 0 && item.tokensUsed != s.tokensUsed) {
                 o = _receiptOutcome(item.sessionId, s, item.tokensUsed, item.contentHash, item.signature);
                 if (o == Outcome.Ok) _record(item.sessionId, s, item.tokensUsed, item.contentHash);
             }
@@ -447,7 +473,8 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         bytes calldata signature
     ) external {
         Session storage s = _sessions[sessionId];
-        _requireRecorded(sessionId, s, tokensUsed, contentHash, signature);
+        // Already recorded (the host submitted the same receipt first): just close.
+        if (tokensUsed != s.tokensUsed) _requireRecorded(sessionId, s, tokensUsed, contentHash, signature);
         _requestClose(sessionId, s);
     }
 
@@ -598,7 +625,7 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         TokenConfig memory c = _tokenConfig[token];
         if (!c.accepted) revert TokenNotAccepted(token);
         if (pricePerToken == 0 || pricePerToken > type(uint64).max) revert InvalidPrice(pricePerToken);
-        if (duration < MIN_DURATION || duration > MAX_DURATION) revert InvalidDuration(duration);
+        if (duration < MIN_DURATION || duration > maxDuration) revert InvalidDuration(duration);
         if (proofInterval == 0 || proofInterval > type(uint24).max) revert InvalidProofInterval(proofInterval);
         uint256 maxTokens = deposit / pricePerToken;
         if (maxTokens < proofInterval) revert DepositBelowProofInterval(maxTokens, proofInterval);
@@ -712,8 +739,10 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         hostAmount = payment - fee;
         uint256 refund = (maxTokens - used) * price;
         Account storage a = _accounts[s.depositor][token];
-        // Both stay within uint128: escrowed held maxTokens * price, which refund + payment equal.
-        (a.balance, a.escrowed) = (uint128(a.balance + refund), uint128(a.escrowed - maxTokens * price));
+        // The escrow release is at most `escrowed` (checked subtraction). The refund fits 128
+        // bits because deposits keep balance + escrowed within 128 bits and refund <= the
+        // escrow released; the cast is checked anyway, as the books depend on it.
+        (a.balance, a.escrowed) = (SafeCast.toUint128(a.balance + refund), uint128(a.escrowed - maxTokens * price));
         emit SessionSettled(sessionId, s.host, token, used, hostAmount, fee, refund);
     }
 
@@ -728,6 +757,16 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         catch {
             emit ReputationNotRecorded(host);
         }
+    }
+
+    function _withdraw(address token, address to, uint256 amount) private {
+        if (amount == 0) revert ZeroAmount();
+        Account storage a = _accounts[msg.sender][token];
+        uint256 balance = a.balance;
+        if (balance < amount) revert InsufficientBalance(balance, amount);
+        a.balance = uint128(balance - amount);
+        emit Withdrawn(msg.sender, token, amount, to);
+        _send(token, to, amount);
     }
 
     /// @dev Pulls an ERC20 and refuses tokens that deliver less than asked (fee-on-transfer).

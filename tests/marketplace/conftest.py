@@ -34,9 +34,7 @@ from fabstir.chain.system import ETH, Roles, deploy_system
 
 @pytest.fixture(scope="session")
 def env(project: Any, accounts: Any) -> Env:
-    deployer, curator, treasurer, host, host2, alice, bob, mallory, slash_recipient, keyholder = (
-        accounts[:10]
-    )
+    deployer, curator, treasurer, host, host2, alice, bob, mallory, payee, keyholder = accounts[:10]
     params = DeployParams(
         fee_bps=FEE_BPS,
         settlement_window=SETTLEMENT_WINDOW,
@@ -44,9 +42,7 @@ def env(project: Any, accounts: Any) -> Env:
         eth_min_deposit=ETH_MIN_DEPOSIT,
         usdc_min_deposit=USDC_MIN_DEPOSIT,
     )
-    roles = Roles(
-        curator=curator, slasher=curator, treasurer=treasurer, slash_recipient=slash_recipient
-    )
+    roles = Roles(curator=curator, slasher=curator, treasurer=treasurer)
     s = deploy_system(project, deployer, params, roles)
 
     for repo, file in ((MODEL_REPO, MODEL_FILE), (OTHER_MODEL_REPO, OTHER_MODEL_FILE)):
@@ -80,7 +76,7 @@ def env(project: Any, accounts: Any) -> Env:
         alice=alice,
         bob=bob,
         mallory=mallory,
-        slash_recipient=slash_recipient,
+        payee=payee,
         keyholder=keyholder,
         project=project,
         fab=s.fab,

@@ -70,7 +70,7 @@ def env(project: Any, accounts: Any, chain: Any) -> SimpleNamespace:
         eth_min_deposit=5 * 10**14,
         usdc_min_deposit=1 * USDC,
     )
-    roles = Roles(curator=curator, slasher=curator, treasurer=treasurer, slash_recipient=deployer)
+    roles = Roles(curator=curator, slasher=curator, treasurer=treasurer)
     s = deploy_system(project, deployer, params, roles)
 
     models = s.model_registry

@@ -195,7 +195,6 @@ def roles_for(pf: ParamsFile, deployer: str) -> Roles:
         curator=r["curator"],
         slasher=r["slasher"],
         treasurer=r["treasurer"],
-        slash_recipient=r["slash_recipient"],
         pauser=r["pauser"],
         token_admin=r["token_admin"],
     )
@@ -254,11 +253,7 @@ def assess_existing(
             ("ModelRegistry", nodes.modelRegistry(), final("ModelRegistry")),
             ("minStake", nodes.minStake(), p.min_stake),
             ("unbondingPeriod", nodes.unbondingPeriod(), p.unbonding_period),
-            (
-                "slashRecipient",
-                nodes.slashRecipient(),
-                pf.roles.resolve(existing.deployer)["slash_recipient"],
-            ),
+            ("maxSlashBps", nodes.maxSlashBps(), p.max_slash_bps),
         ):
             if want is None or str(actual).lower() != str(want).lower():
                 drop("NodeRegistry", f"{what} is {actual}, needs {want}")
@@ -325,7 +320,7 @@ def estimate_cost(
     }
     if "NodeRegistry" in to_deploy:
         args["NodeRegistry"] = (
-            me, addr("FABToken"), addr("ModelRegistry"), p.min_stake, p.unbonding_period, roles["slash_recipient"],
+            me, addr("FABToken"), addr("ModelRegistry"), p.min_stake, p.unbonding_period, p.max_slash_bps,
         )  # fmt: skip
     if "JobMarketplace" in to_deploy:
         mkt = predicted["JobMarketplace"]
