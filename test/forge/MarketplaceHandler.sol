@@ -52,6 +52,11 @@ contract MarketplaceHandler {
     address public immutable stranger;
     uint256 public immutable window;
     uint256 public immutable feeBps;
+    // Limits, read from the contracts (never restated here).
+    uint256 public immutable maxDuration;
+    uint256 public immutable minDuration;
+    uint256 public immutable slashBps;
+    uint256 internal constant U128 = type(uint128).max;
 
     address[N_USERS] internal _users;
     uint256[N_USERS] internal _userPks;
@@ -67,8 +72,14 @@ contract MarketplaceHandler {
     /// @dev minimum price per host and token index (as registered in the NodeRegistry).
     uint256[N_TOKENS][N_HOSTS] internal _hostMinPrice;
     bool[2][N_HOSTS] internal _hostServes; // [host][model 0/1]
-    bool[N_HOSTS] internal _hostActive;
+    bool[N_HOSTS] internal _hostActive; // registered and not unbonding
+    bool[N_HOSTS] internal _registered; // active or unbonding (has a stake record)
+    uint256[N_HOSTS] internal _stake;
     uint256[N_HOSTS] internal _unbondingEnds;
+    /// @dev FAB burned by slashing (stays in the NodeRegistry).
+    uint256 public slashedTotal;
+    /// @dev withdrawStake succeeded while one of the host's sessions could still settle.
+    uint256 public stakesLeftEarly;
 
     // Mirrors of admin state.
     bool public paused;
@@ -161,12 +172,19 @@ contract MarketplaceHandler {
         stranger = vm.addr(STRANGER_PK);
         window = market_.settlementWindow();
         feeBps = market_.feeBps();
+        maxDuration = market_.maxDuration();
+        minDuration = market_.MIN_DURATION();
+        slashBps = d.nodes.maxSlashBps();
         _hosts = hosts_;
         _modelIds = modelIds_;
         _hostMinPrice = hostMinPrice_;
         _hostServes = hostServes_;
         _hostActive = [true, true, true];
+        _registered = [true, true, true];
         stake = d.nodes.minStake();
+        for (uint256 h; h < N_HOSTS; ++h) {
+            _stake[h] = d.nodes.getHost(hosts_[h]).stake;
+        }
         _minDeposit[0] = market_.tokenConfig(address(0)).minDeposit;
         _minDeposit[1] = market_.tokenConfig(address(usdc_)).minDeposit;
         for (uint256 i; i < N_USERS; ++i) {
@@ -286,7 +304,7 @@ contract MarketplaceHandler {
     function createSession(uint256 userSeed, uint256 seed) external step("createSession") {
         Terms memory t = _terms(userSeed, seed);
         uint256 bal = market.balanceOf(t.user, t.token);
-        if (bal < t.escrow && _accepted[t.tokenIndex] && seed % 2 == 0) {
+        if (bal < t.escrow && _accepted[t.tokenIndex] && seed % 2 == 0 && t.escrow - bal <= _walletOf(t.user, t.token)) {
             // deposit what is missing first (most clients keep a balance; some do not)
             _deposit(t.user, t.tokenIndex, t.escrow - bal);
             bal = t.escrow;
@@ -322,6 +340,7 @@ contract MarketplaceHandler {
             if (mode == 0) value = 0;
             else if (mode == 1 && missing != 0) value = missing - 1;
             else value = missing + _bound(extra >> 8, 0, 1 ether);
+            if (value > t.user.balance) value = t.user.balance; // a wallet holds what it holds
             expected = expected && bal + value >= t.escrow;
         } else {
             // ERC20: the wallet pays exactly what the balance lacks (approve it, plus some)
@@ -431,7 +450,10 @@ contract MarketplaceHandler {
         if (id == 0) return;
         Receipt memory r = _receipt(id, seed);
         address caller = callerSeed % 6 == 0 ? _anyone(callerSeed >> 3) : _g[id].host;
-        bool expected = _isOpen(id) && caller == _g[id].host && r.valid;
+        // A receipt equal to the recorded count (e.g. copied into submitCheckpoint first by
+        // someone else) counts as recorded: settlement goes through, whatever its signature.
+        bool equal = r.tokensUsed == _g[id].recorded;
+        bool expected = _isOpen(id) && caller == _g[id].host && (r.valid || equal);
         Snapshot memory before = _snapshot();
         vm.recordLogs();
         vm.getRecordedLogs();
@@ -439,8 +461,9 @@ contract MarketplaceHandler {
         try market.settleWithReceipt(id, r.tokensUsed, r.contentHash, r.sig) {
             _check(expected, "settleWithReceipt succeeded unexpectedly");
             ++count["settledWithReceipt"];
-            if (!r.valid && _isOpen(id)) ++badReceiptsAccepted;
-            _recorded(id, r.tokensUsed);
+            if (!r.valid && !equal && _isOpen(id)) ++badReceiptsAccepted;
+            if (equal) ++count["settledWithEqualReceipt"];
+            else _recorded(id, r.tokensUsed);
             _settled(before, 1);
         } catch {
             _check(!expected, "settleWithReceipt reverted");
@@ -487,8 +510,9 @@ contract MarketplaceHandler {
                     _fail("settleBatch: outcome differs from prediction");
                     if (outcomes[i] == JobMarketplace.Outcome.Ok) ++badReceiptsAccepted;
                 }
-                if (outcomes[i] == JobMarketplace.Outcome.Ok && items[i].tokensUsed != 0) {
-                    _recorded(items[i].sessionId, items[i].tokensUsed);
+                uint256 used = items[i].tokensUsed;
+                if (outcomes[i] == JobMarketplace.Outcome.Ok && used != 0 && used != _g[items[i].sessionId].recorded) {
+                    _recorded(items[i].sessionId, used);
                 }
             }
             uint256 got = _settled(before, nOk);
@@ -523,12 +547,13 @@ contract MarketplaceHandler {
         Receipt memory r = _receipt(id, seed);
         address caller = _clientOrOther(id, callerSeed);
         Ghost storage g = _g[id];
-        bool expected = g.status == ACTIVE && (caller == g.depositor || caller == g.key) && r.valid;
+        bool equal = r.tokensUsed == g.recorded; // already recorded: just close
+        bool expected = g.status == ACTIVE && (caller == g.depositor || caller == g.key) && (r.valid || equal);
         vm.prank(caller);
         try market.requestCloseWithReceipt(id, r.tokensUsed, r.contentHash, r.sig) {
             _check(expected, "requestCloseWithReceipt succeeded unexpectedly");
-            if (!r.valid && _isOpen(id)) ++badReceiptsAccepted;
-            _recorded(id, r.tokensUsed);
+            if (!r.valid && !equal && _isOpen(id)) ++badReceiptsAccepted;
+            if (!equal) _recorded(id, r.tokensUsed);
             _closed(id);
         } catch {
             _check(!expected, "requestCloseWithReceipt reverted");
@@ -801,22 +826,29 @@ contract MarketplaceHandler {
     /// @dev Price, deposit, duration, proofInterval: mostly valid, sometimes just out of range.
     function _termsMoney(Terms memory t, uint256 seed) internal view {
         uint256 minPrice = _hostMinPrice[t.hostIndex][t.tokenIndex];
+        uint256 base = minPrice == 0 ? 100 : minPrice; // 0: the host does not take this token
         uint256 pm = _r(seed, 4) % 40;
         if (pm == 0) t.price = 0;
-        else if (pm == 1) t.price = minPrice - 1;
-        else if (pm == 2) t.price = minPrice;
-        else t.price = _bound(_r(seed, 5), minPrice, minPrice * 20);
+        else if (pm == 1) t.price = base - 1;
+        else if (pm == 2) t.price = base;
+        else if (pm == 3) t.price = type(uint64).max; // the largest storable price
+        else if (pm == 4) t.price = uint256(type(uint64).max) + 1;
+        else t.price = _bound(_r(seed, 5), base, base * 20);
         uint256 minDep = _minDeposit[t.tokenIndex];
         uint256 dm = _r(seed, 6) % 32;
         if (dm == 0) t.deposit = minDep == 0 ? 0 : minDep - 1;
         else if (dm == 1) t.deposit = minDep;
+        // the most tokens a session holds, and one more (ETH: only what the users' wallets hold)
+        else if (dm < 4 && (t.tokenIndex == 1 || t.price <= 1e11)) t.deposit = t.price * (type(uint40).max + dm - 2);
+        else if (t.price > 1e12) t.deposit = t.price * _bound(_r(seed, 7), 1, 1000);
         else t.deposit = _bound(_r(seed, 7), minDep, t.tokenIndex == 0 ? 2 ether : 2_000e6);
         uint256 du = _r(seed, 8) % 40;
-        if (du == 0) t.duration = 59;
-        else if (du == 1) t.duration = 30 days + 1;
-        else if (du == 2) t.duration = 60;
-        else if (du < 8) t.duration = _bound(_r(seed, 9), 60, 30 days);
-        else t.duration = _bound(_r(seed, 9), 60, 12 hours);
+        if (du == 0) t.duration = minDuration - 1;
+        else if (du == 1) t.duration = maxDuration + 1;
+        else if (du == 2) t.duration = minDuration;
+        else if (du == 3) t.duration = maxDuration;
+        else if (du < 8) t.duration = _bound(_r(seed, 9), minDuration, maxDuration);
+        else t.duration = _bound(_r(seed, 9), minDuration, 12 hours);
         t.maxTokens = t.price == 0 ? 0 : t.deposit / t.price;
         t.escrow = t.maxTokens * t.price;
         uint256 pi = _r(seed, 10) % 40;
@@ -845,9 +877,12 @@ contract MarketplaceHandler {
     /// @dev Every createSession check but the funds.
     function _termsValid(Terms memory t) internal view returns (bool) {
         bool modelOk = t.modelIndex == 0 || (t.modelIndex == 1 && _model1Approved);
-        bool serves = t.modelIndex < 2 && _hostServes[t.hostIndex][t.modelIndex] && _hostActive[t.hostIndex];
-        bool money = t.price != 0 && t.price >= _hostMinPrice[t.hostIndex][t.tokenIndex] && t.duration >= 60
-            && t.duration <= 30 days && t.proofInterval != 0 && t.proofInterval <= type(uint24).max
+        bool serves = t.modelIndex < 2 && _hostServes[t.hostIndex][t.modelIndex] && _hostActive[t.hostIndex]
+            && _stake[t.hostIndex] >= stake;
+        uint256 minPrice = _hostMinPrice[t.hostIndex][t.tokenIndex];
+        bool money = t.price != 0 && t.price <= type(uint64).max && minPrice != 0 && t.price >= minPrice
+            && t.duration >= minDuration && t.duration <= maxDuration && t.proofInterval != 0
+            && t.proofInterval <= type(uint24).max
             && t.maxTokens >= t.proofInterval && t.maxTokens <= type(uint40).max
             && t.escrow >= _minDeposit[t.tokenIndex];
         return !paused && _accepted[t.tokenIndex] && money && modelOk && serves;
@@ -1020,7 +1055,8 @@ contract MarketplaceHandler {
             if (settledInBatch[j] == id) return JobMarketplace.Outcome.NotOpen;
         }
         if (_g[id].host != host) return JobMarketplace.Outcome.NotHost;
-        if (item.tokensUsed == 0) return JobMarketplace.Outcome.Ok;
+        // 0, or equal to the recorded count: settle as recorded
+        if (item.tokensUsed == 0 || item.tokensUsed == _g[id].recorded) return JobMarketplace.Outcome.Ok;
         return _predictReceipt(id, item);
     }
 

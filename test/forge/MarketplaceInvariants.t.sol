@@ -80,7 +80,7 @@ contract MarketplaceInvariants {
         models.approveModel(modelIds[1]);
         vm.stopPrank();
 
-        nodes = new NodeRegistry(admin, IERC20(address(fab)), IModelRegistry(address(models)), 1000e18, 7 days, admin);
+        nodes = new NodeRegistry(admin, IERC20(address(fab)), IModelRegistry(address(models)), 1000e18, 7 days, 5000);
         proofs = new ProofSystem();
         // HostEarnings and Treasury name the marketplace, which checks them: deploy them
         // to its precomputed address (two creations from now).
