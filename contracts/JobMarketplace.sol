@@ -379,7 +379,7 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         }
         uint256 escrowed = a.escrowed + escrow;
         // What was added must keep balance + escrow within 128 bits (see deposit).
-        SafeCast.toUint128(balance + a.escrowed);
+        SafeCast.toUint128(balance - escrow + escrowed);
         (a.balance, a.escrowed) = (uint128(balance - escrow), uint128(escrowed));
         if (missing != 0) _pull(token, missing);
     }

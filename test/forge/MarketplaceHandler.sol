@@ -229,8 +229,14 @@ contract MarketplaceHandler {
 
     function depositUsdc(uint256 userSeed, uint256 amount) external step("depositUsdc") {
         address u = _users[userSeed % N_USERS];
-        amount = _bound(amount, 0, 5_000e6);
-        bool expected = amount != 0 && _accepted[1];
+        // balance + escrow must stay within 128 bits (a refund lands in the balance)
+        uint256 held = market.balanceOf(u, address(usdc)) + market.escrowedOf(u, address(usdc));
+        uint256 room = U128 - held;
+        uint256 mode = amount % 32;
+        if (mode == 0) amount = room; // up to the limit exactly
+        else if (mode == 1) amount = room + 1; // one past it
+        else amount = _bound(amount >> 5, 0, 5_000e6);
+        bool expected = amount != 0 && _accepted[1] && amount <= room;
         usdc.mint(u, amount);
         vm.prank(u);
         usdc.approve(address(market), amount);
@@ -634,16 +640,151 @@ contract MarketplaceHandler {
         else if (mode == 1) amount = owed;
         else amount = _bound(amount >> 3, 1, owed == 0 ? 1 : owed);
         address caller = callerSeed % 8 == 0 ? _anyone(callerSeed >> 3) : treasurer;
-        bool expected = caller == treasurer && amount != 0 && amount <= owed;
-        uint256 sinkBefore = _walletOf(feeSink, token);
+        address to = _recipient(callerSeed >> 8);
+        bool expected = caller == treasurer && amount != 0 && amount <= owed && _goodRecipient(to);
+        uint256 sinkBefore = _walletOf(to, token);
         vm.prank(caller);
-        try treasury.withdraw(token, feeSink, amount) {
+        try treasury.withdraw(token, to, amount) {
             _check(expected, "treasuryWithdraw succeeded unexpectedly");
             ++count["treasuryWithdrawn"];
-            _check(_walletOf(feeSink, token) == sinkBefore + amount, "treasuryWithdraw: paid");
+            _check(_walletOf(to, token) == sinkBefore + amount, "treasuryWithdraw: paid");
             _check(treasury.balanceOf(token) == owed - amount, "treasuryWithdraw: balance");
         } catch {
             _check(!expected, "treasuryWithdraw reverted");
+        }
+    }
+
+    /// @notice A user takes part of its balance out to another address (zero and the vault
+    ///         itself are refused).
+    function withdrawTo(uint256 userSeed, uint256 tokenSeed, uint256 amount, uint256 toSeed)
+        external
+        step("withdrawTo")
+    {
+        address u = _users[userSeed % N_USERS];
+        address token = _token(tokenSeed);
+        address to = _recipient(toSeed);
+        uint256 bal = market.balanceOf(u, token);
+        uint256 mode = amount % 8;
+        if (mode == 0) amount = bal + 1;
+        else if (mode == 1) amount = bal;
+        else amount = _bound(amount >> 3, 1, bal == 0 ? 1 : bal);
+        bool expected = amount != 0 && amount <= bal && _goodRecipient(to);
+        uint256 walletBefore = _walletOf(to, token);
+        vm.prank(u);
+        try market.withdrawTo(token, to, amount) {
+            _check(expected, "withdrawTo succeeded unexpectedly");
+            ++count["withdrawnTo"];
+            _check(_walletOf(to, token) == walletBefore + amount, "withdrawTo: paid");
+            _check(market.balanceOf(u, token) == bal - amount, "withdrawTo: balance");
+        } catch {
+            _check(!expected, "withdrawTo reverted");
+        }
+    }
+
+    /// @notice A host takes part of its earnings out to another address.
+    function hostWithdrawTo(uint256 hostSeed, uint256 tokenSeed, uint256 amount, uint256 toSeed)
+        external
+        step("hostWithdrawTo")
+    {
+        address host = _hosts[hostSeed % N_HOSTS];
+        address token = _token(tokenSeed);
+        address to = _recipient(toSeed);
+        uint256 owed = earnings.balanceOf(host, token);
+        uint256 mode = amount % 8;
+        if (mode == 0) amount = owed + 1;
+        else if (mode == 1) amount = owed;
+        else if (mode == 2) amount = 0;
+        else amount = _bound(amount >> 3, 1, owed == 0 ? 1 : owed);
+        bool expected = amount != 0 && amount <= owed && to != address(0) && to != address(market);
+        uint256 walletBefore = _walletOf(to, token);
+        vm.prank(host);
+        try earnings.withdrawTo(token, to, amount) {
+            _check(expected, "hostWithdrawTo succeeded unexpectedly");
+            ++count["hostWithdrawnTo"];
+            _check(_walletOf(to, token) == walletBefore + amount, "hostWithdrawTo: paid");
+            _check(earnings.balanceOf(host, token) == owed - amount, "hostWithdrawTo: balance");
+        } catch {
+            _check(!expected, "hostWithdrawTo reverted");
+        }
+    }
+
+    // ================================================================ registry
+
+    /// @notice The slasher burns part of a host's stake (active or unbonding): at most
+    ///         maxSlashBps of it per slash. Below minStake the host takes no new sessions.
+    function slash(uint256 hostSeed, uint256 amountSeed) external step("slash") {
+        uint256 h = hostSeed % N_HOSTS;
+        uint256 st = _stake[h];
+        uint256 cap = st * slashBps / 10_000;
+        uint256 mode = amountSeed % 8;
+        uint256 amount;
+        if (mode == 0) amount = cap + 1;
+        else if (mode == 1) amount = cap;
+        else if (mode == 2) amount = 0;
+        else amount = _bound(amountSeed >> 3, 1, cap == 0 ? 1 : (cap > 1 ? cap / 2 : cap));
+        bool expected = _registered[h] && amount != 0 && amount <= cap;
+        vm.prank(admin); // the admin holds SLASHER_ROLE in this suite
+        try nodes.slash(_hosts[h], amount, "fuzz") {
+            _check(expected, "slash succeeded unexpectedly");
+            _stake[h] = st - amount;
+            slashedTotal += amount;
+            ++count["slashed"];
+        } catch {
+            _check(!expected, "slash reverted");
+        }
+        _checkStake(h);
+    }
+
+    /// @notice An active host changes its registration: tops up its stake, reprices a token
+    ///         (0 = stop accepting it), or changes the models it serves. Open sessions are
+    ///         unaffected; new ones follow the new terms.
+    function hostUpdate(uint256 hostSeed, uint256 seed) external step("hostUpdate") {
+        uint256 h = hostSeed % N_HOSTS;
+        address host = _hosts[h];
+        uint256 mode = seed % 3;
+        bool expected = _hostActive[h];
+        if (mode == 0) {
+            uint256 amount = seed % 7 == 0 ? 0 : _bound(seed >> 8, 1, 600e18);
+            fab.transfer(host, amount);
+            vm.prank(host);
+            fab.approve(address(nodes), amount);
+            vm.prank(host);
+            try nodes.addStake(amount) {
+                _check(expected && amount != 0, "addStake succeeded unexpectedly");
+                _stake[h] += amount;
+                ++count["stakeAdded"];
+            } catch {
+                _check(!expected || amount == 0, "addStake reverted");
+            }
+            _checkStake(h);
+        } else if (mode == 1) {
+            uint256 ti = (seed >> 8) % N_TOKENS;
+            uint256 price = (seed >> 16) % 5 == 0 ? 0 : _bound(seed >> 24, 1, ti == 0 ? 3 gwei : 300);
+            address[] memory tokens = new address[](1);
+            tokens[0] = tokenAt(ti);
+            uint256[] memory prices = new uint256[](1);
+            prices[0] = price;
+            vm.prank(host);
+            try nodes.setMinPrices(tokens, prices) {
+                _check(expected, "setMinPrices succeeded unexpectedly");
+                _hostMinPrice[h][ti] = price;
+                ++count["repriced"];
+            } catch {
+                _check(!expected, "setMinPrices reverted");
+            }
+        } else {
+            bool withModel1 = (seed >> 8) % 2 == 0;
+            bytes32[] memory served = new bytes32[](withModel1 ? 2 : 1);
+            served[0] = _modelIds[0];
+            if (withModel1) served[1] = _modelIds[1];
+            vm.prank(host);
+            try nodes.updateModels(served) {
+                _check(expected && (!withModel1 || _model1Approved), "updateModels succeeded unexpectedly");
+                _hostServes[h] = [true, withModel1];
+                ++count["modelsUpdated"];
+            } catch {
+                _check(!expected || (withModel1 && !_model1Approved), "updateModels reverted");
+            }
         }
     }
 
@@ -712,9 +853,21 @@ contract MarketplaceHandler {
             return;
         }
         bool over = now_ >= _unbondingEnds[h];
+        uint256 walletBefore = fab.balanceOf(host);
         vm.prank(host);
         try nodes.withdrawStake() {
             _check(over, "withdrawStake before the unbonding period ended");
+            _check(fab.balanceOf(host) == walletBefore + _stake[h], "withdrawStake: not the whole stake");
+            // The stake must stay slashable while any session of the host can still settle
+            // (before its settlement window ends nobody else can finalize it).
+            for (uint256 i; i < _open.length; ++i) {
+                Ghost storage g = _g[_open[i]];
+                if (g.host == host && now_ < g.endsAt + window) {
+                    ++stakesLeftEarly;
+                    _fail("stake returned while a session of the host can still settle");
+                }
+            }
+            (_registered[h], _stake[h]) = (false, 0);
         } catch {
             _check(!over, "withdrawStake reverted");
             return;
@@ -727,16 +880,23 @@ contract MarketplaceHandler {
         tokens[1] = address(usdc);
         uint256[] memory prices = new uint256[](N_TOKENS);
         (prices[0], prices[1]) = (_hostMinPrice[h][0], _hostMinPrice[h][1]);
+        // Stakes differ between hosts and lives: a host gets back what it staked, not minStake.
+        uint256 amount = stake + _bound(seed >> 8, 0, 500e18);
+        uint256 have = fab.balanceOf(host);
+        if (have < amount) fab.transfer(host, amount - have);
         vm.prank(host);
-        fab.approve(address(nodes), stake);
+        fab.approve(address(nodes), amount);
         vm.prank(host);
-        try nodes.register(stake, "wss://host.example", "{}", served, tokens, prices) {
+        try nodes.register(amount, "wss://host.example", "{}", served, tokens, prices) {
             _hostActive[h] = true;
+            _registered[h] = true;
+            _stake[h] = amount;
             _hostServes[h] = [true, withModel1];
             ++count["hostsReturned"];
         } catch {
             _fail("re-register reverted");
         }
+        _checkStake(h);
     }
 
     function warp(uint256 secondsSeed) external step("warp") {
@@ -1167,6 +1327,31 @@ contract MarketplaceHandler {
             if (_users[i] == user) return i;
         }
         revert("unknown user");
+    }
+
+    /// @dev A withdrawal recipient: mostly a plain address, sometimes zero or the vault.
+    function _recipient(uint256 seed) internal view returns (address) {
+        uint256 k = seed % 8;
+        if (k == 0) return address(0);
+        if (k == 1) return address(market);
+        if (k == 2) return stranger;
+        return feeSink;
+    }
+
+    function _goodRecipient(address to) internal view returns (bool) {
+        return to != address(0) && to != address(market);
+    }
+
+    /// @dev The registry's record of host `h` against the ghost: stake, and FAB held ==
+    ///      every stake + everything burned by slashing.
+    function _checkStake(uint256 h) internal {
+        _check(nodes.getHost(_hosts[h]).stake == _stake[h], "stake differs from prediction");
+        _check(nodes.totalSlashed() == slashedTotal, "totalSlashed differs");
+        uint256 staked = slashedTotal;
+        for (uint256 i; i < N_HOSTS; ++i) {
+            staked += _stake[i];
+        }
+        _check(fab.balanceOf(address(nodes)) == staked, "registry FAB != stakes + slashed");
     }
 
     function _token(uint256 seed) internal view returns (address) {

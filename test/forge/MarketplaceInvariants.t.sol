@@ -101,6 +101,7 @@ contract MarketplaceInvariants {
 
         vm.startPrank(admin);
         nodes.grantRole(nodes.MARKETPLACE_ROLE(), address(market));
+        nodes.grantRole(nodes.SLASHER_ROLE(), admin);
         market.configureToken(address(usdc), true, USDC_MIN_DEPOSIT);
         treasury.grantRole(treasury.TREASURER_ROLE(), treasurer);
         vm.stopPrank();
@@ -145,6 +146,10 @@ contract MarketplaceInvariants {
             serves
         );
         users = handler.users();
+        // FAB for the handler's hosts to top up and come back with more than minStake.
+        fab.transfer(address(handler), 500_000e18);
+        // USDC with a supply near 2^255: nothing may assume amounts stay small.
+        usdc.mint(address(0xB16), type(uint256).max / 2);
         hosts = hostAddrs;
         vm.label(address(handler), "handler");
         vm.label(address(market), "market");
@@ -165,7 +170,7 @@ contract MarketplaceInvariants {
     ///         than they are ended, so sessions live long enough to collect several receipts).
     function targetSelectors() public view returns (FuzzSelector[] memory targets) {
         MarketplaceHandler h = handler;
-        bytes4[31] memory weighted = [
+        bytes4[36] memory weighted = [
             h.createSession.selector,
             h.createSession.selector,
             h.createSession.selector,
@@ -193,6 +198,11 @@ contract MarketplaceInvariants {
             h.configureToken.selector,
             h.toggleModel.selector,
             h.hostLeaveOrReturn.selector,
+            h.slash.selector,
+            h.hostUpdate.selector,
+            h.withdrawTo.selector,
+            h.hostWithdrawTo.selector,
+            h.depositUsdc.selector,
             h.warp.selector,
             h.warp.selector,
             h.warp.selector,
