@@ -59,6 +59,7 @@ contract MarketplaceInvariants {
     error HandlerViolation(uint256 count, string first);
     error DrainFailed(string what);
     error VaultNotEmpty(address token, uint256 left);
+    error StakeCanLeaveFirst(uint256 sessionId, address host, uint256 finalizeAfter, uint256 stakeFreeAt);
 
     function setUp() public {
         vm.warp(1_700_000_000);
@@ -245,6 +246,28 @@ contract MarketplaceInvariants {
         _checkSettledPartsAddUpToDeposit(t);
         _checkLedgersEqualSettledPayments(b, t);
         _checkHandlerPredictionsHold(t);
+        _checkStakeOutlivesSessions();
+    }
+
+    /// @dev A host's stake stays slashable while it has a session that can still settle: for
+    ///      every open session, the earliest time the host could have its stake back (now +
+    ///      unbonding while active, the end of its unbonding while unbonding) is not before
+    ///      the session's settlement window ends; a host that took its stake back has no
+    ///      session whose window is still open.
+    function _checkStakeOutlivesSessions() internal view {
+        uint256[] memory open = handler.openSessions();
+        uint256 now_ = handler.now_();
+        uint256 unbonding = nodes.unbondingPeriod();
+        for (uint256 i; i < open.length; ++i) {
+            JobMarketplace.SessionInfo memory s = market.getSession(open[i]);
+            NodeRegistry.Host memory h = nodes.getHost(s.host);
+            uint256 freeAt = now_;
+            if (h.status == NodeRegistry.Status.Active) freeAt = now_ + unbonding;
+            else if (h.status == NodeRegistry.Status.Unbonding) freeAt = h.unbondingEndsAt;
+            if (freeAt < s.finalizeAfter && now_ < s.finalizeAfter) {
+                revert StakeCanLeaveFirst(open[i], s.host, s.finalizeAfter, freeAt);
+            }
+        }
     }
 
     /// @dev For ETH and USDC: held by the vault == users' balances + escrow + host earnings + treasury.

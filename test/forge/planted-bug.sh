@@ -24,7 +24,7 @@ MUTATIONS=(
   "audit 2: unchecked cast (deposit bounds the balance only, the refund wraps)|$JM|s/SafeCast.toUint128(balance + a.escrowed);/SafeCast.toUint128(balance);/;s/SafeCast.toUint128(a.balance + refund)/uint128(a.balance + refund)/|SafeCast.toUint128(balance + a.escrowed);"
   "withdrawStake returns only the minimum stake|NodeRegistry.sol|s/if (amount != 0) fabToken.safeTransfer(msg.sender, amount);/if (amount != 0) fabToken.safeTransfer(msg.sender, amount < minStake ? amount : minStake);/|if (amount != 0) fabToken.safeTransfer(msg.sender, amount);"
   "slash cap off by one|NodeRegistry.sol|s/if (amount > cap) revert SlashAboveCap(amount, cap);/if (amount > cap + 1) revert SlashAboveCap(amount, cap);/|if (amount > cap) revert SlashAboveCap(amount, cap);"
-  "withdrawTo pays a host one unit more than it is owed|HostEarnings.sol|s/if (amount > available) revert InsufficientEarnings(amount, available);/if (amount > available + 1) revert InsufficientEarnings(amount, available);/|if (amount > available) revert InsufficientEarnings(amount, available);"
+  "host earnings may be withdrawn into the vault (owned by nobody there)|HostEarnings.sol|s/ \x7c\x7c to == marketplace) revert InvalidRecipient/) revert InvalidRecipient/|to == marketplace) revert InvalidRecipient(to);"
 )
 
 selected=("$@")
