@@ -409,3 +409,62 @@ def test_largest_storable_price_accepted(env, session_key):
     assert env.treasury.balanceOf(usdc) == fee
     assert env.earnings.balanceOf(env.host, usdc) == 2 * price - fee
     assert mk.escrowedOf(alice, usdc) == 0
+
+
+# ------------------------------------------------------------------- roles
+
+
+def test_no_role_moves_a_users_balance_or_escrow(env, session_key, chain):
+    """Every role holder uses every power it has while alice holds a balance and an open
+    session; none of it changes her balance or escrow, and she gets every unit back."""
+    mk, usdc, alice, d = env.mk, env.usdc, env.alice, env.deployer
+    mk.deposit(usdc, 5 * 10**6, sender=alice)
+    sid = open_usdc(env, key=session_key)
+    mk.submitCheckpoint(*sign(env, session_key, sid, 1000), sender=env.host)
+    before = (mk.balanceOf(alice, usdc), mk.escrowedOf(alice, usdc))
+
+    mk.pause(sender=d)  # pauser
+    mk.configureToken(usdc, False, 0, sender=d)  # token admin: delist
+    env.models.deactivateModel(MODEL_ID, sender=env.curator)  # curator
+    env.nodes.slash(env.host, 10**18, "test", sender=env.curator)  # slasher
+    for who in (d, env.curator, env.treasurer, env.host):
+        with reverts(mk.OnlyLedger):
+            mk.payout(usdc, who, 1, sender=who)
+        with reverts(mk.InsufficientBalance, available=0, required=1):
+            mk.withdrawTo(usdc, who, 1, sender=who)
+    assert (mk.balanceOf(alice, usdc), mk.escrowedOf(alice, usdc)) == before
+
+    # Her session still ends and everything comes back to her.
+    mk.requestClose(sid, sender=alice)
+    chain.pending_timestamp = mk.getSession(sid).finalizeAfter
+    mk.finalize(sid, sender=env.mallory)
+    wallet = usdc.balanceOf(alice)
+    mk.withdraw(usdc, mk.balanceOf(alice, usdc), sender=alice)
+    assert usdc.balanceOf(alice) - wallet == before[0] + before[1] - 1000 * 200
+
+
+def test_functions_that_move_tokens_are_the_reviewed_ones(env):
+    """A new state-changing function on the vault or the ledgers must be reviewed against
+    the role table in docs/security.md: this list is that table's index."""
+
+    def mutating(contract):
+        return sorted(
+            abi.name
+            for abi in contract.contract_type.abi
+            if abi.type == "function" and abi.stateMutability in ("nonpayable", "payable")
+        )
+
+    assert mutating(env.mk) == [
+        "configureToken", "createSession", "createSessionFromWallet", "deposit", "finalize",
+        "grantRole", "pause", "payout", "renounceRole", "requestClose",
+        "requestCloseWithReceipt", "revokeRole", "settle", "settleBatch", "settleWithReceipt",
+        "submitCheckpoint", "unpause", "withdraw", "withdrawTo",
+    ]  # fmt: skip
+    assert mutating(env.earnings) == ["credit", "withdraw", "withdrawMany", "withdrawTo"]
+    assert mutating(env.treasury) == [
+        "credit",
+        "grantRole",
+        "renounceRole",
+        "revokeRole",
+        "withdraw",
+    ]
