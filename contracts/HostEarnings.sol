@@ -3,6 +3,7 @@ pragma solidity 0.8.28;
 
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {IHostEarnings, IVault} from "./interfaces/ILedgers.sol";
+import {AmountTooLarge, InvalidRecipient, OnlyMarketplace, ZeroAddress, ZeroAmount} from "./Errors.sol";
 
 /// @title HostEarnings
 /// @notice What each host is owed, per payment token. The marketplace credits it at
@@ -20,12 +21,7 @@ contract HostEarnings is IHostEarnings, ReentrancyGuardTransient {
 
     mapping(address host => mapping(address token => Account)) private _accounts;
 
-    error OnlyMarketplace();
     error NothingToWithdraw(address token);
-    error AmountTooLarge();
-    error ZeroAddress();
-    error ZeroAmount();
-    error InvalidRecipient(address to);
     error InsufficientEarnings(uint256 requested, uint256 available);
 
     event EarningsCredited(address indexed host, address indexed token, uint256 amount);

@@ -8,6 +8,7 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 import {EnumerableSet} from "@openzeppelin/contracts/utils/structs/EnumerableSet.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+import {MetadataTooLong, ModelNotApproved, ZeroAddress, ZeroAmount} from "./Errors.sol";
 
 /// @title NodeRegistry
 /// @notice GPU hosts: FAB stake, endpoint, metadata, the models they serve and their
@@ -89,16 +90,12 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, INodeRegistry 
     error UnbondingNotOver(uint256 endsAt);
     error EmptyApiUrl();
     error ApiUrlTooLong(uint256 length);
-    error MetadataTooLong(uint256 length);
     error NoModels();
     error TooManyModels(uint256 count);
     error DuplicateModel(bytes32 modelId);
-    error ModelNotApproved(bytes32 modelId);
     error LengthMismatch();
     error TooManyPricedTokens();
-    error ZeroAmount();
     error SlashAboveCap(uint256 amount, uint256 cap);
-    error ZeroAddress();
     error InvalidUnbondingPeriod(uint256 unbondingPeriod);
     error InvalidSlashCap(uint256 maxSlashBps);
 

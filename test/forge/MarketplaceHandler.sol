@@ -3,6 +3,7 @@ pragma solidity 0.8.28;
 
 import {Vm, VM_ADDRESS} from "./Vm.sol";
 import {JobMarketplace} from "../../contracts/JobMarketplace.sol";
+import {IJobMarketplace} from "../../contracts/interfaces/IJobMarketplace.sol";
 import {HostEarnings} from "../../contracts/HostEarnings.sol";
 import {Treasury} from "../../contracts/Treasury.sol";
 import {ProofSystem} from "../../contracts/ProofSystem.sol";
@@ -482,8 +483,8 @@ contract MarketplaceHandler {
     function settleBatch(uint256 hostSeed, uint256 seed) external step("settleBatch") {
         address host = _hosts[hostSeed % N_HOSTS];
         uint256 n = 1 + seed % 8;
-        JobMarketplace.SettleItem[] memory items = new JobMarketplace.SettleItem[](n);
-        JobMarketplace.Outcome[] memory expected = new JobMarketplace.Outcome[](n);
+        IJobMarketplace.SettleItem[] memory items = new IJobMarketplace.SettleItem[](n);
+        IJobMarketplace.Outcome[] memory expected = new IJobMarketplace.Outcome[](n);
         // The batch settles items in order: simulate that on a copy of the status.
         uint256[] memory settledInBatch = new uint256[](n);
         uint256 nOk;
@@ -503,21 +504,21 @@ contract MarketplaceHandler {
                 // a receipt's validity was judged against the recorded count before the batch
             }
             expected[i] = _predictItem(host, items[i], settledInBatch, nOk);
-            if (expected[i] == JobMarketplace.Outcome.Ok) settledInBatch[nOk++] = id;
+            if (expected[i] == IJobMarketplace.Outcome.Ok) settledInBatch[nOk++] = id;
         }
         Snapshot memory before = _snapshot();
         vm.recordLogs();
         vm.getRecordedLogs();
         vm.prank(host);
-        try market.settleBatch(items) returns (JobMarketplace.Outcome[] memory outcomes) {
+        try market.settleBatch(items) returns (IJobMarketplace.Outcome[] memory outcomes) {
             _check(outcomes.length == n, "settleBatch: outcome count");
             for (uint256 i; i < n && i < outcomes.length; ++i) {
                 if (outcomes[i] != expected[i]) {
                     _fail("settleBatch: outcome differs from prediction");
-                    if (outcomes[i] == JobMarketplace.Outcome.Ok) ++badReceiptsAccepted;
+                    if (outcomes[i] == IJobMarketplace.Outcome.Ok) ++badReceiptsAccepted;
                 }
                 uint256 used = items[i].tokensUsed;
-                if (outcomes[i] == JobMarketplace.Outcome.Ok && used != 0 && used != _g[items[i].sessionId].recorded) {
+                if (outcomes[i] == IJobMarketplace.Outcome.Ok && used != 0 && used != _g[items[i].sessionId].recorded) {
                     _recorded(items[i].sessionId, used);
                 }
             }
@@ -1153,7 +1154,7 @@ contract MarketplaceHandler {
         Snapshot memory want = before; // (aliases `before`, which is not needed after this)
         for (uint256 i; i < logs.length; ++i) {
             Vm.Log memory l = logs[i];
-            if (l.emitter != address(market) || l.topics[0] != JobMarketplace.SessionSettled.selector) continue;
+            if (l.emitter != address(market) || l.topics[0] != IJobMarketplace.SessionSettled.selector) continue;
             ++n;
             uint256 id = uint256(l.topics[1]);
             (address token, uint256 used, uint256 hostAmount, uint256 fee, uint256 refund) =
@@ -1204,36 +1205,36 @@ contract MarketplaceHandler {
 
     function _predictItem(
         address host,
-        JobMarketplace.SettleItem memory item,
+        IJobMarketplace.SettleItem memory item,
         uint256[] memory settledInBatch,
         uint256 nOk
-    ) internal view returns (JobMarketplace.Outcome) {
+    ) internal view returns (IJobMarketplace.Outcome) {
         uint256 id = item.sessionId;
-        if (id == 0 || id > sessionCount) return JobMarketplace.Outcome.UnknownSession;
-        if (_g[id].status == SETTLED) return JobMarketplace.Outcome.NotOpen;
+        if (id == 0 || id > sessionCount) return IJobMarketplace.Outcome.UnknownSession;
+        if (_g[id].status == SETTLED) return IJobMarketplace.Outcome.NotOpen;
         for (uint256 j; j < nOk; ++j) {
-            if (settledInBatch[j] == id) return JobMarketplace.Outcome.NotOpen;
+            if (settledInBatch[j] == id) return IJobMarketplace.Outcome.NotOpen;
         }
-        if (_g[id].host != host) return JobMarketplace.Outcome.NotHost;
+        if (_g[id].host != host) return IJobMarketplace.Outcome.NotHost;
         // 0, or equal to the recorded count: settle as recorded
-        if (item.tokensUsed == 0 || item.tokensUsed == _g[id].recorded) return JobMarketplace.Outcome.Ok;
+        if (item.tokensUsed == 0 || item.tokensUsed == _g[id].recorded) return IJobMarketplace.Outcome.Ok;
         return _predictReceipt(id, item);
     }
 
-    function _predictReceipt(uint256 id, JobMarketplace.SettleItem memory item)
+    function _predictReceipt(uint256 id, IJobMarketplace.SettleItem memory item)
         internal
         view
-        returns (JobMarketplace.Outcome)
+        returns (IJobMarketplace.Outcome)
     {
         Ghost storage g = _g[id];
-        if (item.tokensUsed <= g.recorded) return JobMarketplace.Outcome.StaleReceipt;
-        if (item.tokensUsed > g.maxTokens) return JobMarketplace.Outcome.ExceedsDeposit;
+        if (item.tokensUsed <= g.recorded) return IJobMarketplace.Outcome.StaleReceipt;
+        if (item.tokensUsed > g.maxTokens) return IJobMarketplace.Outcome.ExceedsDeposit;
         // Signature: recompute what the session key would have signed.
         address signer = _recoverLowS(
             proofs.checkpointDigest(address(market), id, item.tokensUsed, item.contentHash), item.signature
         );
-        if (signer == address(0) || signer != g.key) return JobMarketplace.Outcome.BadSignature;
-        return JobMarketplace.Outcome.Ok;
+        if (signer == address(0) || signer != g.key) return IJobMarketplace.Outcome.BadSignature;
+        return IJobMarketplace.Outcome.Ok;
     }
 
     /// @dev Independent re-implementation of a strict (65-byte, low-s, v 27/28) ecrecover.
@@ -1376,7 +1377,7 @@ contract MarketplaceHandler {
     }
 
     function _compare(uint256 id) internal {
-        JobMarketplace.SessionInfo memory s = market.getSession(id);
+        IJobMarketplace.SessionInfo memory s = market.getSession(id);
         Ghost storage g = _g[id];
         if (s.tokensUsed < g.lastSeen) {
             ++tokensUsedDecreases;

@@ -4,6 +4,7 @@ pragma solidity 0.8.28;
 import {Vm, VM_ADDRESS} from "./Vm.sol";
 import {MarketplaceHandler} from "./MarketplaceHandler.sol";
 import {JobMarketplace} from "../../contracts/JobMarketplace.sol";
+import {IJobMarketplace} from "../../contracts/interfaces/IJobMarketplace.sol";
 import {HostEarnings} from "../../contracts/HostEarnings.sol";
 import {Treasury} from "../../contracts/Treasury.sol";
 import {ProofSystem} from "../../contracts/ProofSystem.sol";
@@ -259,7 +260,7 @@ contract MarketplaceInvariants {
         uint256 now_ = handler.now_();
         uint256 unbonding = nodes.unbondingPeriod();
         for (uint256 i; i < open.length; ++i) {
-            JobMarketplace.SessionInfo memory s = market.getSession(open[i]);
+            IJobMarketplace.SessionInfo memory s = market.getSession(open[i]);
             NodeRegistry.Host memory h = nodes.getHost(s.host);
             uint256 freeAt = now_;
             if (h.status == NodeRegistry.Status.Active) freeAt = now_ + unbonding;
@@ -362,8 +363,8 @@ contract MarketplaceInvariants {
         }
         uint256[] memory open = handler.openSessions();
         for (uint256 i; i < open.length; ++i) {
-            JobMarketplace.SessionInfo memory s = market.getSession(open[i]);
-            if (s.status == JobMarketplace.Status.Settled) revert HandlerViolation(open[i], "open session is settled");
+            IJobMarketplace.SessionInfo memory s = market.getSession(open[i]);
+            if (s.status == IJobMarketplace.Status.Settled) revert HandlerViolation(open[i], "open session is settled");
             if (s.tokensUsed > s.maxTokens) revert SessionOverpaid(open[i]);
             uint256 ti = s.token == address(0) ? 0 : 1;
             for (uint256 u; u < 4; ++u) {
@@ -385,7 +386,7 @@ contract MarketplaceInvariants {
         _sweep(n);
         vm.warp(handler.now_() + 31 days + WINDOW);
         for (uint256 id = 1; id <= n; ++id) {
-            if (market.getSession(id).status == JobMarketplace.Status.Settled) continue;
+            if (market.getSession(id).status == IJobMarketplace.Status.Settled) continue;
             vm.prank(address(0xF1A1));
             try market.finalize(id) {}
             catch {
@@ -453,7 +454,7 @@ contract MarketplaceInvariants {
     function _sweep(uint256 n) internal view {
         if (n != handler.sessionCount()) revert HandlerViolation(n, "session count differs");
         for (uint256 id = 1; id <= n; ++id) {
-            JobMarketplace.SessionInfo memory s = market.getSession(id);
+            IJobMarketplace.SessionInfo memory s = market.getSession(id);
             MarketplaceHandler.Ghost memory g = handler.ghost(id);
             if (s.tokensUsed < g.lastSeen || s.tokensUsed != g.recorded) revert TokensUsedWentDown(id, s.tokensUsed, g.lastSeen);
             if (s.tokensUsed > s.maxTokens || s.deposit != g.escrow) revert SessionOverpaid(id);
