@@ -139,7 +139,7 @@ def test_settle_with_receipt_reverts(env, session_key, other_key):
     with reverts(mk.ExceedsDeposit, tokensUsed=MAX_TOKENS + 1, maxTokens=MAX_TOKENS):
         mk.settleWithReceipt(*sign(env, session_key, sid, MAX_TOKENS + 1), sender=env.host)
     mk.submitCheckpoint(*receipt, sender=env.host)
-    # An older receipt is stale; an equal one settles as recorded (test_mk_audit).
+    # An older receipt is stale; an equal one settles as recorded (test_audit).
     with reverts(mk.StaleReceipt, tokensUsed=99, recorded=100):
         mk.settleWithReceipt(*sign(env, session_key, sid, 99), sender=env.host)
     mk.settleWithReceipt(*sign(env, session_key, sid, 101), sender=env.host)

@@ -394,7 +394,7 @@ def test_treasury_credit_up_to_exactly_128_bits(env, project):
 
 def test_largest_storable_price_accepted(env, session_key):
     """pricePerToken is stored in 64 bits: 2^64-1 is accepted (2^64 is refused in
-    test_mk_sessions) and settles to the unit."""
+    test_sessions) and settles to the unit."""
     mk, usdc, alice = env.mk, env.usdc, env.alice
     price = 2**64 - 1
     usdc.mint(alice, 3 * price, sender=env.deployer)
