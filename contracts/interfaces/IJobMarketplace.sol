@@ -100,7 +100,6 @@ interface IJobMarketplace is IVault {
     error EmptyBatch();
     error BatchTooLarge(uint256 size);
 
-
     /// @notice A payment token was accepted or de-listed, or its minimum deposit changed.
     event TokenConfigured(address indexed token, bool accepted, uint256 minDeposit, uint8 index);
     /// @notice `amount` was added to `user`'s in-contract balance.

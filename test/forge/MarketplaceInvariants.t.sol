@@ -3,6 +3,8 @@ pragma solidity 0.8.28;
 
 import {Vm, VM_ADDRESS} from "./Vm.sol";
 import {MarketplaceHandler} from "./MarketplaceHandler.sol";
+import {HandlerBase} from "./handler/HandlerBase.sol";
+import {ReferenceModel} from "./handler/ReferenceModel.sol";
 import {JobMarketplace} from "../../contracts/JobMarketplace.sol";
 import {IJobMarketplace} from "../../contracts/interfaces/IJobMarketplace.sol";
 import {HostEarnings} from "../../contracts/HostEarnings.sol";
@@ -130,7 +132,7 @@ contract MarketplaceInvariants {
         }
 
         handler = new MarketplaceHandler(
-            MarketplaceHandler.Deployment({
+            HandlerBase.Deployment({
                 market: market,
                 earnings: earnings,
                 treasury: treasury,
@@ -239,7 +241,7 @@ contract MarketplaceInvariants {
     ///         own custom error, so a failure names the property that broke.
     function invariant_marketplace() public view {
         Books memory b = _readBooks();
-        MarketplaceHandler.Totals memory t = handler.totals();
+        ReferenceModel.Totals memory t = handler.totals();
         _checkHeldEqualsBooks(b);
         _checkEscrowEqualsOpenSessions(b, t);
         _checkNoSessionPaysMoreThanItsDeposit(t);
@@ -287,7 +289,7 @@ contract MarketplaceInvariants {
 
     /// @dev Each user's escrow == sum of maxTokens * price over their open sessions, read from
     ///      the chain (getSession), and == the handler's own sum of the deposits it opened.
-    function _checkEscrowEqualsOpenSessions(Books memory b, MarketplaceHandler.Totals memory t) internal view {
+    function _checkEscrowEqualsOpenSessions(Books memory b, ReferenceModel.Totals memory t) internal view {
         for (uint256 ti; ti < 2; ++ti) {
             for (uint256 u; u < 4; ++u) {
                 uint256 esc = b.escrowed[u][ti];
@@ -302,21 +304,21 @@ contract MarketplaceInvariants {
     ///      every call (tokensUsed <= maxTokens, deposit == maxTokens * price) and every
     ///      settlement's parts with the deposit; _readBooks checks tokensUsed <= maxTokens on
     ///      every open session; afterInvariant re-checks every session of the run.
-    function _checkNoSessionPaysMoreThanItsDeposit(MarketplaceHandler.Totals memory t) internal pure {
+    function _checkNoSessionPaysMoreThanItsDeposit(ReferenceModel.Totals memory t) internal pure {
         if (t.overpaid != 0) revert SessionOverpaid(0);
     }
 
     /// @dev tokensUsed only grows: the handler reads every open or touched session after every
     ///      call and counts any value below the one it saw before (a value other than the
     ///      newest accepted receipt is a prediction violation).
-    function _checkTokensUsedNeverDecreases(MarketplaceHandler.Totals memory t) internal pure {
+    function _checkTokensUsedNeverDecreases(ReferenceModel.Totals memory t) internal pure {
         if (t.tokensUsedDecreases != 0) revert TokensUsedWentDown(0, 0, 0);
     }
 
     /// @dev Settled sessions' parts (hostAmount + fee + refund, from their SessionSettled
     ///      events) add up to their deposits, per token in total (each one was checked alone
     ///      when it settled; afterInvariant re-checks every one).
-    function _checkSettledPartsAddUpToDeposit(MarketplaceHandler.Totals memory t) internal pure {
+    function _checkSettledPartsAddUpToDeposit(ReferenceModel.Totals memory t) internal pure {
         for (uint256 ti; ti < 2; ++ti) {
             if (t.settledParts[ti] != t.settledDeposits[ti]) {
                 revert PartsDoNotAddUp(0, t.settledParts[ti], 0, 0, t.settledDeposits[ti]);
@@ -325,7 +327,7 @@ contract MarketplaceInvariants {
     }
 
     /// @dev What the ledgers were ever credited == what settled sessions paid, per host and token.
-    function _checkLedgersEqualSettledPayments(Books memory b, MarketplaceHandler.Totals memory t) internal view {
+    function _checkLedgersEqualSettledPayments(Books memory b, ReferenceModel.Totals memory t) internal view {
         for (uint256 ti; ti < 2; ++ti) {
             if (b.collected[ti] != t.paidInFees[ti]) revert LedgerDiffers(_tokenAt(ti), b.collected[ti], t.paidInFees[ti]);
             uint256 sum;
@@ -340,7 +342,7 @@ contract MarketplaceInvariants {
     /// @dev Every call did what the handler predicted: valid actions succeeded with the
     ///      predicted effect, invalid ones (bad receipts, wrong caller, too early, paused)
     ///      reverted, batch outcomes matched item by item, no session was settled twice.
-    function _checkHandlerPredictionsHold(MarketplaceHandler.Totals memory t) internal view {
+    function _checkHandlerPredictionsHold(ReferenceModel.Totals memory t) internal view {
         if (t.violations != 0) revert HandlerViolation(t.violations, handler.firstViolation());
         if (t.badReceiptsAccepted != 0) revert HandlerViolation(0, "bad receipt accepted");
     }
@@ -384,7 +386,7 @@ contract MarketplaceInvariants {
     function afterInvariant() public {
         uint256 n = market.sessionCount();
         _sweep(n);
-        vm.warp(handler.now_() + 31 days + WINDOW);
+        vm.warp(handler.now_() + market.MAX_DURATION() + market.settlementWindow());
         for (uint256 id = 1; id <= n; ++id) {
             if (market.getSession(id).status == IJobMarketplace.Status.Settled) continue;
             vm.prank(address(0xF1A1));
@@ -455,7 +457,7 @@ contract MarketplaceInvariants {
         if (n != handler.sessionCount()) revert HandlerViolation(n, "session count differs");
         for (uint256 id = 1; id <= n; ++id) {
             IJobMarketplace.SessionInfo memory s = market.getSession(id);
-            MarketplaceHandler.Ghost memory g = handler.ghost(id);
+            ReferenceModel.Ghost memory g = handler.ghost(id);
             if (s.tokensUsed < g.lastSeen || s.tokensUsed != g.recorded) revert TokensUsedWentDown(id, s.tokensUsed, g.lastSeen);
             if (s.tokensUsed > s.maxTokens || s.deposit != g.escrow) revert SessionOverpaid(id);
             if (uint8(s.status) != g.status) revert HandlerViolation(id, "status differs");
