@@ -64,7 +64,7 @@ class Bench:
             project,
             self.deployer,
             DeployParams(),
-            Roles(self.deployer, self.deployer, self.treasurer, self.deployer),
+            Roles(self.deployer, self.deployer, self.treasurer),
         )
         s, d = self.sys, self.deployer
         s.model_registry.addModel("bench/model", "m.gguf", b"\x01" * 32, 1, "{}", sender=d)

@@ -11,15 +11,13 @@ import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {IProofSystem} from "./interfaces/IProofSystem.sol";
 import {IHostEarnings, ITreasury, IVault} from "./interfaces/ILedgers.sol";
+import {IJobMarketplace} from "./interfaces/IJobMarketplace.sol";
+import {InvalidRecipient, ModelNotApproved, ZeroAddress, ZeroAmount} from "./Errors.sol";
 
 /// @title JobMarketplace
-/// @notice Escrow for pay-per-token inference sessions, and the vault that holds every
-///         token in the system. Users keep an in-contract balance per token; a session
-///         draws its escrow from it and settlement refunds the unused part to it. The
-///         host is paid only for tokens the client signed for in an EIP-712 receipt.
-///         Settlement is bookkeeping (HostEarnings / Treasury ledgers); tokens move only
-///         when someone withdraws, and nothing is ever pushed to a user.
-contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTransient {
+/// @notice The vault and session escrow; what it does and promises is documented in
+///         IJobMarketplace. Notes here are about how.
+contract JobMarketplace is IJobMarketplace, AccessControl, Pausable, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
     /// @notice May pause and unpause new sessions.
@@ -30,6 +28,7 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
     /// @notice The fee can never be set above this at deploy (basis points).
     uint16 public constant MAX_FEE_BPS = 2000;
     uint256 public constant MIN_DURATION = 60;
+    /// @notice No deployment allows sessions longer than this; `maxDuration` may be shorter.
     uint256 public constant MAX_DURATION = 30 days;
     uint256 public constant MIN_SETTLEMENT_WINDOW = 60;
     uint256 public constant MAX_SETTLEMENT_WINDOW = 7 days;
@@ -37,24 +36,6 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
     uint256 public constant MAX_BATCH = 100;
     /// @notice Payment tokens are numbered in one byte inside a session.
     uint256 public constant MAX_TOKENS = 256;
-
-    enum Status {
-        None,
-        Active,
-        Closing,
-        Settled
-    }
-
-    /// @notice Why a receipt or a batch item was not accepted (Ok = accepted).
-    enum Outcome {
-        Ok,
-        UnknownSession,
-        NotOpen,
-        NotHost,
-        StaleReceipt,
-        ExceedsDeposit,
-        BadSignature
-    }
 
     /// @dev Three slots. Slot 0 is all a checkpoint reads and writes. What no later call
     ///      needs to trust (content hashes, the model's full id) lives in events.
@@ -75,44 +56,12 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         uint24 proofInterval;
     }
 
-    /// @notice Everything known about a session, decoded for callers.
-    struct SessionInfo {
-        uint256 id;
-        address depositor;
-        address host;
-        address sessionKey;
-        address token;
-        bytes32 modelId;
-        uint256 pricePerToken;
-        uint256 deposit;
-        uint256 maxTokens;
-        uint256 tokensUsed;
-        uint256 endsAt;
-        uint256 finalizeAfter;
-        uint256 proofInterval;
-        Status status;
-    }
-
-    /// @notice A receipt to record and settle in settleBatch (tokensUsed 0: settle as recorded).
-    struct SettleItem {
-        uint256 sessionId;
-        uint256 tokensUsed;
-        bytes32 contentHash;
-        bytes signature;
-    }
-
     /// @dev One slot per user and token. Keeping the escrow beside the balance means a
     ///      session's start and end write a slot that is already non-zero (5k gas, not 22k)
     ///      and gives the books' identity a per-user term.
     struct Account {
         uint128 balance; // free to withdraw or to fund sessions
         uint128 escrowed; // locked in the user's open sessions
-    }
-
-    struct TokenConfig {
-        bool accepted;
-        uint8 index;
-        uint96 minDeposit;
     }
 
     INodeRegistry public immutable nodeRegistry;
@@ -122,79 +71,16 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
     ITreasury public immutable treasury;
     /// @inheritdoc IVault
     uint16 public immutable feeBps;
-    /// @notice Seconds the host has after a close request (or expiry) to post a newer receipt.
+    /// @inheritdoc IJobMarketplace
     uint256 public immutable settlementWindow;
+    /// @inheritdoc IJobMarketplace
+    uint256 public immutable maxDuration;
 
     uint256 private _sessionCount;
     mapping(uint256 sessionId => Session) private _sessions;
     mapping(address user => mapping(address token => Account)) private _accounts;
     mapping(address token => TokenConfig) private _tokenConfig;
     address[] private _tokens;
-
-    error ZeroAddress();
-    error FeeTooHigh(uint256 feeBps, uint256 maxFeeBps);
-    error InvalidSettlementWindow(uint256 window);
-    error LedgerNotBound(address ledger);
-    error TooManyTokens();
-    error TokenNotAccepted(address token);
-    error ZeroAmount();
-    error WrongEthValue(uint256 sent, uint256 expected);
-    error UnsupportedToken(address token, uint256 expected, uint256 received);
-    error InsufficientBalance(uint256 available, uint256 required);
-    error EthTransferFailed(address to, uint256 amount);
-    error InvalidPrice(uint256 pricePerToken);
-    error InvalidDuration(uint256 duration);
-    error InvalidProofInterval(uint256 proofInterval);
-    error DepositBelowProofInterval(uint256 maxTokens, uint256 proofInterval);
-    error DepositTooLarge(uint256 deposit);
-    error DepositBelowMinimum(uint256 deposit, uint256 minDeposit);
-    error SelfSession();
-    error SessionKeyIsHost();
-    error HostNotActive(address host);
-    error ModelNotApproved(bytes32 modelId);
-    error HostDoesNotServeModel(address host, bytes32 modelId);
-    error HostDoesNotAcceptToken(address host, address token);
-    error PriceBelowHostMinimum(uint256 pricePerToken, uint256 minPrice);
-    error UnknownSession(uint256 sessionId);
-    error SessionNotOpen(uint256 sessionId, Status status);
-    error NotSessionHost(address caller);
-    error NotSessionClient(address caller);
-    error StaleReceipt(uint256 tokensUsed, uint256 recorded);
-    error ExceedsDeposit(uint256 tokensUsed, uint256 maxTokens);
-    error InvalidReceiptSigner(uint256 sessionId);
-    error SettlementWindowOpen(uint256 finalizeAfter);
-    error OnlyLedger();
-    error EmptyBatch();
-    error BatchTooLarge(uint256 size);
-
-    event TokenConfigured(address indexed token, bool accepted, uint256 minDeposit, uint8 index);
-    event Deposited(address indexed user, address indexed token, uint256 amount);
-    event Withdrawn(address indexed user, address indexed token, uint256 amount);
-    event SessionCreated(
-        uint256 indexed sessionId,
-        address indexed depositor,
-        address indexed host,
-        bytes32 modelId,
-        address token,
-        uint256 deposit,
-        uint256 pricePerToken,
-        uint256 endsAt,
-        uint256 proofInterval,
-        address sessionKey
-    );
-    event CheckpointSubmitted(uint256 indexed sessionId, uint256 tokensUsed, bytes32 contentHash);
-    event CloseRequested(uint256 indexed sessionId, address indexed by, uint256 finalizeAfter);
-    event SessionSettled(
-        uint256 indexed sessionId,
-        address indexed host,
-        address token,
-        uint256 tokensUsed,
-        uint256 hostAmount,
-        uint256 fee,
-        uint256 refund
-    );
-    event BatchItemSkipped(uint256 indexed sessionId, Outcome reason);
-    event ReputationNotRecorded(address indexed host);
 
     /// @param admin receives DEFAULT_ADMIN_ROLE, PAUSER_ROLE and TOKEN_ADMIN_ROLE
     /// @param nodes host registry checked at session start
@@ -225,6 +111,11 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         // The ledgers are deployed first, to this contract's precomputed address.
         if (earnings.marketplace() != address(this)) revert LedgerNotBound(address(earnings));
         if (treasury_.marketplace() != address(this)) revert LedgerNotBound(address(treasury_));
+        // The stake lock is structural: no session outlives its host's unbonding period.
+        uint256 unbonding = nodes.unbondingPeriod();
+        if (unbonding < settlementWindow_ + MIN_DURATION) revert UnbondingTooShort(unbonding, settlementWindow_);
+        uint256 longest = unbonding - settlementWindow_;
+        maxDuration = longest < MAX_DURATION ? longest : MAX_DURATION;
 
         nodeRegistry = nodes;
         modelRegistry = IModelRegistry(nodes.modelRegistry());
@@ -242,28 +133,24 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
 
     // ------------------------------------------------------------------ admin
 
-    /// @notice Accept (or stop accepting) a payment token and set its minimum session
-    ///         deposit. Stopping blocks new deposits and sessions in it; balances,
-    ///         open sessions and withdrawals are unaffected.
+    /// @inheritdoc IJobMarketplace
     function configureToken(address token, bool accepted, uint96 minDeposit) external onlyRole(TOKEN_ADMIN_ROLE) {
         _configureToken(token, accepted, minDeposit);
     }
 
-    /// @notice Stop new sessions. Deposits, receipts, settlement, finalize and withdrawals go on.
+    /// @inheritdoc IJobMarketplace
     function pause() external onlyRole(PAUSER_ROLE) {
         _pause();
     }
 
-    /// @notice Allow new sessions again.
+    /// @inheritdoc IJobMarketplace
     function unpause() external onlyRole(PAUSER_ROLE) {
         _unpause();
     }
 
     // --------------------------------------------------------------- balances
 
-    /// @notice Add to the caller's in-contract balance. ETH: token = address(0) and
-    ///         msg.value == amount. ERC20: approve first; tokens that deliver less than
-    ///         `amount` (fee-on-transfer) are refused.
+    /// @inheritdoc IJobMarketplace
     function deposit(address token, uint256 amount) external payable nonReentrant {
         if (!_tokenConfig[token].accepted) revert TokenNotAccepted(token);
         if (amount == 0) revert ZeroAmount();
@@ -273,20 +160,24 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
             revert WrongEthValue(msg.value, 0);
         }
         Account storage a = _accounts[msg.sender][token];
-        a.balance = SafeCast.toUint128(a.balance + amount);
+        uint256 balance = a.balance + amount;
+        // Bound balance + escrow, not only the balance: settlement moves escrow back into
+        // the balance, which must then still fit 128 bits.
+        SafeCast.toUint128(balance + a.escrowed);
+        a.balance = uint128(balance);
         emit Deposited(msg.sender, token, amount);
         if (token != address(0)) _pull(token, amount);
     }
 
-    /// @notice Take `amount` of the caller's in-contract balance out to the caller.
+    /// @inheritdoc IJobMarketplace
     function withdraw(address token, uint256 amount) external nonReentrant {
-        if (amount == 0) revert ZeroAmount();
-        Account storage a = _accounts[msg.sender][token];
-        uint256 balance = a.balance;
-        if (balance < amount) revert InsufficientBalance(balance, amount);
-        a.balance = uint128(balance - amount);
-        emit Withdrawn(msg.sender, token, amount);
-        _send(token, msg.sender, amount);
+        _withdraw(token, msg.sender, amount);
+    }
+
+    /// @inheritdoc IJobMarketplace
+    function withdrawTo(address token, address to, uint256 amount) external nonReentrant {
+        if (to == address(0) || to == address(this)) revert InvalidRecipient(to);
+        _withdraw(token, to, amount);
     }
 
     /// @inheritdoc IVault
@@ -298,17 +189,7 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
 
     // --------------------------------------------------------------- sessions
 
-    /// @notice Open a session paid from the caller's in-contract balance.
-    /// @param host the host that will serve it
-    /// @param modelId approved model the host serves
-    /// @param token payment token (address(0) = ETH)
-    /// @param deposit most the session may cost; only whole tokens' worth
-    ///        (deposit / price * price) is escrowed, the remainder stays in the balance
-    /// @param pricePerToken smallest units of `token` per generated token, >= host minimum
-    /// @param duration seconds until the session expires
-    /// @param proofInterval most tokens the host streams beyond the newest receipt
-    /// @param sessionKey address allowed to sign receipts (0: the caller signs)
-    /// @return sessionId the new session (also its job id)
+    /// @inheritdoc IJobMarketplace
     function createSession(
         address host,
         bytes32 modelId,
@@ -327,9 +208,7 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         (a.balance, a.escrowed) = (uint128(balance - escrow), SafeCast.toUint128(a.escrowed + escrow));
     }
 
-    /// @notice Open a session, taking from the wallet whatever the in-contract balance
-    ///         lacks: ETH as msg.value (any excess stays in the balance), an ERC20 via
-    ///         transferFrom (approve first). Same parameters as createSession.
+    /// @inheritdoc IJobMarketplace
     function createSessionFromWallet(
         address host,
         bytes32 modelId,
@@ -357,15 +236,14 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
                 emit Deposited(msg.sender, token, missing);
             }
         }
-        (a.balance, a.escrowed) = (SafeCast.toUint128(balance - escrow), SafeCast.toUint128(a.escrowed + escrow));
+        uint256 escrowed = a.escrowed + escrow;
+        // What was added must keep balance + escrow within 128 bits (see deposit).
+        SafeCast.toUint128(balance - escrow + escrowed);
+        (a.balance, a.escrowed) = (uint128(balance - escrow), uint128(escrowed));
         if (missing != 0) _pull(token, missing);
     }
 
-    /// @notice Record a newer receipt. Anyone holding it may submit (normally the host).
-    /// @param tokensUsed cumulative tokens the client acknowledges; must exceed the recorded
-    ///        count and fit the deposit
-    /// @param contentHash the client's transcript hash at that point (kept in the event)
-    /// @param signature the session key's EIP-712 Checkpoint signature (65 bytes)
+    /// @inheritdoc IJobMarketplace
     function submitCheckpoint(uint256 sessionId, uint256 tokensUsed, bytes32 contentHash, bytes calldata signature)
         external
     {
@@ -373,25 +251,23 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         _requireRecorded(sessionId, s, tokensUsed, contentHash, signature);
     }
 
-    /// @notice Host: settle now with the newest recorded receipt.
+    /// @inheritdoc IJobMarketplace
     function settle(uint256 sessionId) external {
         Session storage s = _hostSession(sessionId);
         _settleOne(sessionId, s);
     }
 
-    /// @notice Host: record a newer receipt and settle with it, in one call.
+    /// @inheritdoc IJobMarketplace
     function settleWithReceipt(uint256 sessionId, uint256 tokensUsed, bytes32 contentHash, bytes calldata signature)
         external
     {
         Session storage s = _hostSession(sessionId);
-        _requireRecorded(sessionId, s, tokensUsed, contentHash, signature);
+        // Anyone may copy this receipt into submitCheckpoint first: then it is recorded already.
+        if (tokensUsed != s.tokensUsed) _requireRecorded(sessionId, s, tokensUsed, contentHash, signature);
         _settleOne(sessionId, s);
     }
 
-    /// @notice Host: settle many of its sessions at once. A bad item (not the caller's,
-    ///         already settled, stale or invalid receipt) is skipped with an event and
-    ///         does not revert the others.
-    /// @return outcomes one per item, Outcome.Ok where the session was settled
+    /// @inheritdoc IJobMarketplace
     function settleBatch(SettleItem[] calldata items) external returns (Outcome[] memory outcomes) {
         uint256 n = items.length;
         if (n == 0) revert EmptyBatch();
@@ -409,7 +285,9 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
             Session storage s = _sessions[item.sessionId];
             Outcome o = _statusOutcome(s.status);
             if (o == Outcome.Ok && s.host != msg.sender) o = Outcome.NotHost;
-            if (o == Outcome.Ok && item.tokensUsed != 0) {
+            // A receipt equal to the recorded one (e.g. copied into submitCheckpoint by
+            // someone else first) settles as recorded, like tokensUsed 0.
+            if (o == Outcome.Ok && item.tokensUsed != 0 && item.tokensUsed != s.tokensUsed) {
                 o = _receiptOutcome(item.sessionId, s, item.tokensUsed, item.contentHash, item.signature);
                 if (o == Outcome.Ok) _record(item.sessionId, s, item.tokensUsed, item.contentHash);
             }
@@ -433,13 +311,12 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         if (settled != 0) _recordReputation(msg.sender, settled, tokensServed);
     }
 
-    /// @notice Client (depositor or session key): ask to end the session. The host then has
-    ///         `settlementWindow` seconds to post a newer receipt; after that anyone may finalize.
+    /// @inheritdoc IJobMarketplace
     function requestClose(uint256 sessionId) external {
         _requestClose(sessionId, _sessions[sessionId]);
     }
 
-    /// @notice Client: record its newest receipt and ask to end the session, in one call.
+    /// @inheritdoc IJobMarketplace
     function requestCloseWithReceipt(
         uint256 sessionId,
         uint256 tokensUsed,
@@ -447,12 +324,12 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         bytes calldata signature
     ) external {
         Session storage s = _sessions[sessionId];
-        _requireRecorded(sessionId, s, tokensUsed, contentHash, signature);
+        // Already recorded (the host submitted the same receipt first): just close.
+        if (tokensUsed != s.tokensUsed) _requireRecorded(sessionId, s, tokensUsed, contentHash, signature);
         _requestClose(sessionId, s);
     }
 
-    /// @notice Anyone: settle a session with its last recorded receipt once the settlement
-    ///         window after its close request or expiry has passed.
+    /// @inheritdoc IJobMarketplace
     function finalize(uint256 sessionId) external {
         Session storage s = _sessions[sessionId];
         _requireOpen(sessionId, s.status);
@@ -463,7 +340,7 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
 
     // ------------------------------------------------------------------ views
 
-    /// @notice A session, decoded; reverts for an unknown id.
+    /// @inheritdoc IJobMarketplace
     function getSession(uint256 sessionId) external view returns (SessionInfo memory info) {
         Session storage s = _sessions[sessionId];
         if (s.status == Status.None) revert UnknownSession(sessionId);
@@ -485,7 +362,7 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         });
     }
 
-    /// @notice What the session can still pay for: tokens left and their cost.
+    /// @inheritdoc IJobMarketplace
     function remainingBudget(uint256 sessionId) external view returns (uint256 tokens, uint256 amount) {
         Session storage s = _sessions[sessionId];
         if (s.status == Status.None) revert UnknownSession(sessionId);
@@ -494,7 +371,7 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         amount = tokens * s.pricePerToken;
     }
 
-    /// @notice Would this receipt be accepted now? Outcome.Ok if so (for off-chain checks).
+    /// @inheritdoc IJobMarketplace
     function checkReceipt(uint256 sessionId, uint256 tokensUsed, bytes32 contentHash, bytes calldata signature)
         external
         view
@@ -506,32 +383,32 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         return _receiptOutcome(sessionId, s, tokensUsed, contentHash, signature);
     }
 
-    /// @notice Number of sessions ever created (ids run 1..sessionCount).
+    /// @inheritdoc IJobMarketplace
     function sessionCount() external view returns (uint256) {
         return _sessionCount;
     }
 
-    /// @notice A user's in-contract balance of `token` (free to withdraw or spend).
+    /// @inheritdoc IJobMarketplace
     function balanceOf(address user, address token) external view returns (uint256) {
         return _accounts[user][token].balance;
     }
 
-    /// @notice What a user has locked in open sessions, in `token`.
+    /// @inheritdoc IJobMarketplace
     function escrowedOf(address user, address token) external view returns (uint256) {
         return _accounts[user][token].escrowed;
     }
 
-    /// @notice Whether `token` is accepted, its one-byte index and minimum deposit.
+    /// @inheritdoc IJobMarketplace
     function tokenConfig(address token) external view returns (TokenConfig memory) {
         return _tokenConfig[token];
     }
 
-    /// @notice Every token ever configured, by index (index 0 is ETH).
+    /// @inheritdoc IJobMarketplace
     function tokens() external view returns (address[] memory) {
         return _tokens;
     }
 
-    /// @notice The EIP-712 domain separator receipts for this marketplace use.
+    /// @inheritdoc IJobMarketplace
     function domainSeparator() external view returns (bytes32) {
         return proofSystem.domainSeparator(address(this));
     }
@@ -598,7 +475,7 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         TokenConfig memory c = _tokenConfig[token];
         if (!c.accepted) revert TokenNotAccepted(token);
         if (pricePerToken == 0 || pricePerToken > type(uint64).max) revert InvalidPrice(pricePerToken);
-        if (duration < MIN_DURATION || duration > MAX_DURATION) revert InvalidDuration(duration);
+        if (duration < MIN_DURATION || duration > maxDuration) revert InvalidDuration(duration);
         if (proofInterval == 0 || proofInterval > type(uint24).max) revert InvalidProofInterval(proofInterval);
         uint256 maxTokens = deposit / pricePerToken;
         if (maxTokens < proofInterval) revert DepositBelowProofInterval(maxTokens, proofInterval);
@@ -712,8 +589,10 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         hostAmount = payment - fee;
         uint256 refund = (maxTokens - used) * price;
         Account storage a = _accounts[s.depositor][token];
-        // Both stay within uint128: escrowed held maxTokens * price, which refund + payment equal.
-        (a.balance, a.escrowed) = (uint128(a.balance + refund), uint128(a.escrowed - maxTokens * price));
+        // The escrow release is at most `escrowed` (checked subtraction). The refund fits 128
+        // bits because deposits keep balance + escrowed within 128 bits and refund <= the
+        // escrow released; the cast is checked anyway, as the books depend on it.
+        (a.balance, a.escrowed) = (SafeCast.toUint128(a.balance + refund), uint128(a.escrowed - maxTokens * price));
         emit SessionSettled(sessionId, s.host, token, used, hostAmount, fee, refund);
     }
 
@@ -728,6 +607,16 @@ contract JobMarketplace is IVault, AccessControl, Pausable, ReentrancyGuardTrans
         catch {
             emit ReputationNotRecorded(host);
         }
+    }
+
+    function _withdraw(address token, address to, uint256 amount) private {
+        if (amount == 0) revert ZeroAmount();
+        Account storage a = _accounts[msg.sender][token];
+        uint256 balance = a.balance;
+        if (balance < amount) revert InsufficientBalance(balance, amount);
+        a.balance = uint128(balance - amount);
+        emit Withdrawn(msg.sender, token, amount, to);
+        _send(token, to, amount);
     }
 
     /// @dev Pulls an ERC20 and refuses tokens that deliver less than asked (fee-on-transfer).

@@ -4,6 +4,7 @@ pragma solidity 0.8.28;
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {EnumerableSet} from "@openzeppelin/contracts/utils/structs/EnumerableSet.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
+import {MetadataTooLong} from "./Errors.sol";
 
 /// @title ModelRegistry
 /// @notice Curated list of the models hosts may serve. A model's id is
@@ -46,7 +47,6 @@ contract ModelRegistry is AccessControl, IModelRegistry {
     error InvalidFile(string file);
     error InvalidHash();
     error InvalidSize();
-    error MetadataTooLong(uint256 length);
     error ModelExists(bytes32 modelId);
     error UnknownModel(bytes32 modelId);
     error AlreadyApproved(bytes32 modelId);

@@ -8,17 +8,21 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 import {EnumerableSet} from "@openzeppelin/contracts/utils/structs/EnumerableSet.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+import {MetadataTooLong, ModelNotApproved, ZeroAddress, ZeroAmount} from "./Errors.sol";
 
 /// @title NodeRegistry
 /// @notice GPU hosts: FAB stake, endpoint, metadata, the models they serve and their
 ///         minimum price per payment token. Leaving takes two steps: `unregister` stops
 ///         new sessions at once, the stake comes back after an unbonding period during
-///         which a slasher can still slash.
+///         which a slasher can still slash. The marketplace opens no session longer than
+///         the unbonding period minus its settlement window, so a host's stake outlives
+///         every session it could still be paid for.
 contract NodeRegistry is AccessControl, ReentrancyGuardTransient, INodeRegistry {
     using SafeERC20 for IERC20;
     using EnumerableSet for EnumerableSet.AddressSet;
 
-    /// @notice May slash a host's stake (active or unbonding).
+    /// @notice May slash a host's stake (active or unbonding), at most `maxSlashBps` of it
+    ///         per slash; the slashed FAB is burned (see `slash`), never paid to anyone.
     bytes32 public constant SLASHER_ROLE = keccak256("SLASHER_ROLE");
     /// @notice The marketplace: the only caller that may bump reputation counters.
     bytes32 public constant MARKETPLACE_ROLE = keccak256("MARKETPLACE_ROLE");
@@ -57,9 +61,14 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, INodeRegistry 
     IERC20 public immutable fabToken;
     IModelRegistry private immutable _modelRegistry;
     uint256 public immutable minStake;
+    /// @inheritdoc INodeRegistry
     uint256 public immutable unbondingPeriod;
-    /// @notice Where slashed FAB goes.
-    address public immutable slashRecipient;
+    /// @notice Most of a host's current stake one slash may take, in basis points.
+    uint16 public immutable maxSlashBps;
+
+    /// @notice FAB slashed so far. It stays in this contract for good (no function moves
+    ///         it): burned, so no role can slash a stake to its own benefit.
+    uint256 public totalSlashed;
 
     mapping(address host => Host) private _hosts;
     mapping(address host => Reputation) private _reputation;
@@ -81,16 +90,14 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, INodeRegistry 
     error UnbondingNotOver(uint256 endsAt);
     error EmptyApiUrl();
     error ApiUrlTooLong(uint256 length);
-    error MetadataTooLong(uint256 length);
     error NoModels();
     error TooManyModels(uint256 count);
     error DuplicateModel(bytes32 modelId);
-    error ModelNotApproved(bytes32 modelId);
     error LengthMismatch();
     error TooManyPricedTokens();
-    error ZeroAmount();
-    error SlashExceedsStake(uint256 amount, uint256 stake);
-    error ZeroAddress();
+    error SlashAboveCap(uint256 amount, uint256 cap);
+    error InvalidUnbondingPeriod(uint256 unbondingPeriod);
+    error InvalidSlashCap(uint256 maxSlashBps);
 
     event HostRegistered(address indexed host, uint256 stake, string apiUrl, string metadata, bytes32[] models);
     event ModelsUpdated(address indexed host, bytes32[] models);
@@ -107,27 +114,29 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, INodeRegistry 
     /// @param fab the staking token
     /// @param models the ModelRegistry hosts' models are checked against
     /// @param minStake_ least FAB a host must stake
-    /// @param unbondingPeriod_ seconds between unregister and getting the stake back
-    /// @param slashRecipient_ receives slashed FAB
+    /// @param unbondingPeriod_ seconds between unregister and getting the stake back (> 0;
+    ///        the marketplace further requires it to cover a session plus its settlement window)
+    /// @param maxSlashBps_ most of the stake one slash may take, 1..10000 basis points
     constructor(
         address admin,
         IERC20 fab,
         IModelRegistry models,
         uint256 minStake_,
         uint256 unbondingPeriod_,
-        address slashRecipient_
+        uint16 maxSlashBps_
     ) {
         if (admin == address(0) || address(fab) == address(0) || address(models) == address(0)) {
             revert ZeroAddress();
         }
-        if (slashRecipient_ == address(0)) revert ZeroAddress();
         if (minStake_ == 0) revert ZeroAmount();
+        if (unbondingPeriod_ == 0) revert InvalidUnbondingPeriod(unbondingPeriod_);
+        if (maxSlashBps_ == 0 || maxSlashBps_ > 10_000) revert InvalidSlashCap(maxSlashBps_);
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         fabToken = fab;
         _modelRegistry = models;
         minStake = minStake_;
         unbondingPeriod = unbondingPeriod_;
-        slashRecipient = slashRecipient_;
+        maxSlashBps = maxSlashBps_;
     }
 
     // ------------------------------------------------------------- registration
@@ -236,24 +245,22 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, INodeRegistry 
 
     // ------------------------------------------------------------------ slashing
 
-    /// @notice Take `amount` of a host's stake (active or unbonding) to the slash
-    ///         recipient. An active host slashed below minStake stops taking sessions
-    ///         until it tops up with addStake.
-    function slash(address host, uint256 amount, string calldata reason)
-        external
-        onlyRole(SLASHER_ROLE)
-        nonReentrant
-    {
+    /// @notice Burn `amount` of a host's stake (active or unbonding), at most `maxSlashBps`
+    ///         of the current stake. The FAB stays locked in this contract (`totalSlashed`).
+    ///         An active host slashed below minStake stops taking sessions until it tops up
+    ///         with addStake.
+    function slash(address host, uint256 amount, string calldata reason) external onlyRole(SLASHER_ROLE) {
         Host storage h = _hosts[host];
         if (h.status == Status.None) revert NotRegistered(host);
         if (amount == 0) revert ZeroAmount();
         uint256 stake = h.stake;
-        if (amount > stake) revert SlashExceedsStake(amount, stake);
+        uint256 cap = stake * maxSlashBps / 10_000;
+        if (amount > cap) revert SlashAboveCap(amount, cap);
         uint256 remaining = stake - amount;
         h.stake = uint128(remaining);
+        totalSlashed += amount;
         ++_reputation[host].slashes;
         emit HostSlashed(host, amount, remaining, reason);
-        fabToken.safeTransfer(slashRecipient, amount);
     }
 
     // ---------------------------------------------------------------- reputation

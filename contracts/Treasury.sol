@@ -4,6 +4,7 @@ pragma solidity 0.8.28;
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {ITreasury, IVault} from "./interfaces/ILedgers.sol";
+import {AmountTooLarge, InvalidRecipient, OnlyMarketplace, ZeroAddress, ZeroAmount} from "./Errors.sol";
 
 /// @title Treasury
 /// @notice Protocol fees owed to the treasury, per payment token. Credited by the
@@ -23,12 +24,7 @@ contract Treasury is ITreasury, AccessControl, ReentrancyGuardTransient {
 
     mapping(address token => Account) private _accounts;
 
-    error OnlyMarketplace();
     error InsufficientFees(uint256 requested, uint256 available);
-    error ZeroAmount();
-    error ZeroAddress();
-    error AmountTooLarge();
-    error InvalidRecipient(address to);
 
     event FeesCredited(address indexed token, uint256 amount);
     event FeesWithdrawn(address indexed token, address indexed to, uint256 amount, address indexed by);

@@ -5,7 +5,7 @@ Layout of the named accounts (ape's funded test accounts, fixed mnemonic):
     admin / deployer      accounts[0]  DEFAULT_ADMIN_ROLE everywhere, holds all FAB
     curator               accounts[1]  ModelRegistry.CURATOR_ROLE
     slasher               accounts[2]  NodeRegistry.SLASHER_ROLE
-    treasury              accounts[3]  treasury multisig; receives slashed FAB
+    treasury              accounts[3]  treasury multisig (fee recipient)
     marketplace_account   accounts[4]  NodeRegistry.MARKETPLACE_ROLE until the real
                                        JobMarketplace is deployed by its own suite
     hosts                 accounts[5:8]  (``host`` is hosts[0])
@@ -48,6 +48,7 @@ USDC = 10**6
 FAB_SUPPLY = 10**9 * FAB
 MIN_STAKE = 1_000 * FAB
 UNBONDING_PERIOD = 7 * 24 * 3600
+MAX_SLASH_BPS = 5000
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 ETH = ZERO_ADDRESS
 """Payment-token address meaning native ETH."""
@@ -93,7 +94,7 @@ def slasher(accounts):
 
 @pytest.fixture(scope="session")
 def treasury(accounts):
-    """Treasury multisig stand-in (an EOA): slash recipient, later fee recipient."""
+    """Treasury multisig stand-in (an EOA): a fee recipient."""
     return accounts[3]
 
 
@@ -160,9 +161,9 @@ def model_registry(project, admin, curator):
 
 
 @pytest.fixture(scope="session")
-def node_registry(project, admin, fab, model_registry, slasher, treasury, marketplace_account):
+def node_registry(project, admin, fab, model_registry, slasher, marketplace_account):
     registry = project.NodeRegistry.deploy(
-        admin, fab, model_registry, MIN_STAKE, UNBONDING_PERIOD, treasury, sender=admin
+        admin, fab, model_registry, MIN_STAKE, UNBONDING_PERIOD, MAX_SLASH_BPS, sender=admin
     )
     registry.grantRole(registry.SLASHER_ROLE(), slasher, sender=admin)
     registry.grantRole(registry.MARKETPLACE_ROLE(), marketplace_account, sender=admin)

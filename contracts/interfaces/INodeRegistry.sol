@@ -18,6 +18,9 @@ interface INodeRegistry {
     /// @notice Reputation: a session of `host` settled with `tokens` served. Marketplace only.
     function recordSettlement(address host, uint256 sessions, uint256 tokens) external;
 
+    /// @notice Seconds between a host's unregister and the earliest return of its stake.
+    function unbondingPeriod() external view returns (uint256);
+
     /// @notice The model registry this node registry checks models against.
     function modelRegistry() external view returns (address);
 }

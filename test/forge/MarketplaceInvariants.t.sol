@@ -3,7 +3,10 @@ pragma solidity 0.8.28;
 
 import {Vm, VM_ADDRESS} from "./Vm.sol";
 import {MarketplaceHandler} from "./MarketplaceHandler.sol";
+import {HandlerBase} from "./handler/HandlerBase.sol";
+import {ReferenceModel} from "./handler/ReferenceModel.sol";
 import {JobMarketplace} from "../../contracts/JobMarketplace.sol";
+import {IJobMarketplace} from "../../contracts/interfaces/IJobMarketplace.sol";
 import {HostEarnings} from "../../contracts/HostEarnings.sol";
 import {Treasury} from "../../contracts/Treasury.sol";
 import {ProofSystem} from "../../contracts/ProofSystem.sol";
@@ -59,6 +62,7 @@ contract MarketplaceInvariants {
     error HandlerViolation(uint256 count, string first);
     error DrainFailed(string what);
     error VaultNotEmpty(address token, uint256 left);
+    error StakeCanLeaveFirst(uint256 sessionId, address host, uint256 finalizeAfter, uint256 stakeFreeAt);
 
     function setUp() public {
         vm.warp(1_700_000_000);
@@ -80,7 +84,7 @@ contract MarketplaceInvariants {
         models.approveModel(modelIds[1]);
         vm.stopPrank();
 
-        nodes = new NodeRegistry(admin, IERC20(address(fab)), IModelRegistry(address(models)), 1000e18, 7 days, admin);
+        nodes = new NodeRegistry(admin, IERC20(address(fab)), IModelRegistry(address(models)), 1000e18, 7 days, 5000);
         proofs = new ProofSystem();
         // HostEarnings and Treasury name the marketplace, which checks them: deploy them
         // to its precomputed address (two creations from now).
@@ -101,6 +105,7 @@ contract MarketplaceInvariants {
 
         vm.startPrank(admin);
         nodes.grantRole(nodes.MARKETPLACE_ROLE(), address(market));
+        nodes.grantRole(nodes.SLASHER_ROLE(), admin);
         market.configureToken(address(usdc), true, USDC_MIN_DEPOSIT);
         treasury.grantRole(treasury.TREASURER_ROLE(), treasurer);
         vm.stopPrank();
@@ -127,7 +132,7 @@ contract MarketplaceInvariants {
         }
 
         handler = new MarketplaceHandler(
-            MarketplaceHandler.Deployment({
+            HandlerBase.Deployment({
                 market: market,
                 earnings: earnings,
                 treasury: treasury,
@@ -145,6 +150,10 @@ contract MarketplaceInvariants {
             serves
         );
         users = handler.users();
+        // FAB for the handler's hosts to top up and come back with more than minStake.
+        fab.transfer(address(handler), 500_000e18);
+        // USDC with a supply near 2^255: nothing may assume amounts stay small.
+        usdc.mint(address(0xB16), type(uint256).max / 2);
         hosts = hostAddrs;
         vm.label(address(handler), "handler");
         vm.label(address(market), "market");
@@ -165,7 +174,7 @@ contract MarketplaceInvariants {
     ///         than they are ended, so sessions live long enough to collect several receipts).
     function targetSelectors() public view returns (FuzzSelector[] memory targets) {
         MarketplaceHandler h = handler;
-        bytes4[31] memory weighted = [
+        bytes4[36] memory weighted = [
             h.createSession.selector,
             h.createSession.selector,
             h.createSession.selector,
@@ -193,6 +202,11 @@ contract MarketplaceInvariants {
             h.configureToken.selector,
             h.toggleModel.selector,
             h.hostLeaveOrReturn.selector,
+            h.slash.selector,
+            h.hostUpdate.selector,
+            h.withdrawTo.selector,
+            h.hostWithdrawTo.selector,
+            h.depositUsdc.selector,
             h.warp.selector,
             h.warp.selector,
             h.warp.selector,
@@ -227,7 +241,7 @@ contract MarketplaceInvariants {
     ///         own custom error, so a failure names the property that broke.
     function invariant_marketplace() public view {
         Books memory b = _readBooks();
-        MarketplaceHandler.Totals memory t = handler.totals();
+        ReferenceModel.Totals memory t = handler.totals();
         _checkHeldEqualsBooks(b);
         _checkEscrowEqualsOpenSessions(b, t);
         _checkNoSessionPaysMoreThanItsDeposit(t);
@@ -235,6 +249,28 @@ contract MarketplaceInvariants {
         _checkSettledPartsAddUpToDeposit(t);
         _checkLedgersEqualSettledPayments(b, t);
         _checkHandlerPredictionsHold(t);
+        _checkStakeOutlivesSessions();
+    }
+
+    /// @dev A host's stake stays slashable while it has a session that can still settle: for
+    ///      every open session, the earliest time the host could have its stake back (now +
+    ///      unbonding while active, the end of its unbonding while unbonding) is not before
+    ///      the session's settlement window ends; a host that took its stake back has no
+    ///      session whose window is still open.
+    function _checkStakeOutlivesSessions() internal view {
+        uint256[] memory open = handler.openSessions();
+        uint256 now_ = handler.now_();
+        uint256 unbonding = nodes.unbondingPeriod();
+        for (uint256 i; i < open.length; ++i) {
+            IJobMarketplace.SessionInfo memory s = market.getSession(open[i]);
+            NodeRegistry.Host memory h = nodes.getHost(s.host);
+            uint256 freeAt = now_;
+            if (h.status == NodeRegistry.Status.Active) freeAt = now_ + unbonding;
+            else if (h.status == NodeRegistry.Status.Unbonding) freeAt = h.unbondingEndsAt;
+            if (freeAt < s.finalizeAfter && now_ < s.finalizeAfter) {
+                revert StakeCanLeaveFirst(open[i], s.host, s.finalizeAfter, freeAt);
+            }
+        }
     }
 
     /// @dev For ETH and USDC: held by the vault == users' balances + escrow + host earnings + treasury.
@@ -253,7 +289,7 @@ contract MarketplaceInvariants {
 
     /// @dev Each user's escrow == sum of maxTokens * price over their open sessions, read from
     ///      the chain (getSession), and == the handler's own sum of the deposits it opened.
-    function _checkEscrowEqualsOpenSessions(Books memory b, MarketplaceHandler.Totals memory t) internal view {
+    function _checkEscrowEqualsOpenSessions(Books memory b, ReferenceModel.Totals memory t) internal view {
         for (uint256 ti; ti < 2; ++ti) {
             for (uint256 u; u < 4; ++u) {
                 uint256 esc = b.escrowed[u][ti];
@@ -268,21 +304,21 @@ contract MarketplaceInvariants {
     ///      every call (tokensUsed <= maxTokens, deposit == maxTokens * price) and every
     ///      settlement's parts with the deposit; _readBooks checks tokensUsed <= maxTokens on
     ///      every open session; afterInvariant re-checks every session of the run.
-    function _checkNoSessionPaysMoreThanItsDeposit(MarketplaceHandler.Totals memory t) internal pure {
+    function _checkNoSessionPaysMoreThanItsDeposit(ReferenceModel.Totals memory t) internal pure {
         if (t.overpaid != 0) revert SessionOverpaid(0);
     }
 
     /// @dev tokensUsed only grows: the handler reads every open or touched session after every
     ///      call and counts any value below the one it saw before (a value other than the
     ///      newest accepted receipt is a prediction violation).
-    function _checkTokensUsedNeverDecreases(MarketplaceHandler.Totals memory t) internal pure {
+    function _checkTokensUsedNeverDecreases(ReferenceModel.Totals memory t) internal pure {
         if (t.tokensUsedDecreases != 0) revert TokensUsedWentDown(0, 0, 0);
     }
 
     /// @dev Settled sessions' parts (hostAmount + fee + refund, from their SessionSettled
     ///      events) add up to their deposits, per token in total (each one was checked alone
     ///      when it settled; afterInvariant re-checks every one).
-    function _checkSettledPartsAddUpToDeposit(MarketplaceHandler.Totals memory t) internal pure {
+    function _checkSettledPartsAddUpToDeposit(ReferenceModel.Totals memory t) internal pure {
         for (uint256 ti; ti < 2; ++ti) {
             if (t.settledParts[ti] != t.settledDeposits[ti]) {
                 revert PartsDoNotAddUp(0, t.settledParts[ti], 0, 0, t.settledDeposits[ti]);
@@ -291,7 +327,7 @@ contract MarketplaceInvariants {
     }
 
     /// @dev What the ledgers were ever credited == what settled sessions paid, per host and token.
-    function _checkLedgersEqualSettledPayments(Books memory b, MarketplaceHandler.Totals memory t) internal view {
+    function _checkLedgersEqualSettledPayments(Books memory b, ReferenceModel.Totals memory t) internal view {
         for (uint256 ti; ti < 2; ++ti) {
             if (b.collected[ti] != t.paidInFees[ti]) revert LedgerDiffers(_tokenAt(ti), b.collected[ti], t.paidInFees[ti]);
             uint256 sum;
@@ -306,7 +342,7 @@ contract MarketplaceInvariants {
     /// @dev Every call did what the handler predicted: valid actions succeeded with the
     ///      predicted effect, invalid ones (bad receipts, wrong caller, too early, paused)
     ///      reverted, batch outcomes matched item by item, no session was settled twice.
-    function _checkHandlerPredictionsHold(MarketplaceHandler.Totals memory t) internal view {
+    function _checkHandlerPredictionsHold(ReferenceModel.Totals memory t) internal view {
         if (t.violations != 0) revert HandlerViolation(t.violations, handler.firstViolation());
         if (t.badReceiptsAccepted != 0) revert HandlerViolation(0, "bad receipt accepted");
     }
@@ -329,8 +365,8 @@ contract MarketplaceInvariants {
         }
         uint256[] memory open = handler.openSessions();
         for (uint256 i; i < open.length; ++i) {
-            JobMarketplace.SessionInfo memory s = market.getSession(open[i]);
-            if (s.status == JobMarketplace.Status.Settled) revert HandlerViolation(open[i], "open session is settled");
+            IJobMarketplace.SessionInfo memory s = market.getSession(open[i]);
+            if (s.status == IJobMarketplace.Status.Settled) revert HandlerViolation(open[i], "open session is settled");
             if (s.tokensUsed > s.maxTokens) revert SessionOverpaid(open[i]);
             uint256 ti = s.token == address(0) ? 0 : 1;
             for (uint256 u; u < 4; ++u) {
@@ -350,9 +386,9 @@ contract MarketplaceInvariants {
     function afterInvariant() public {
         uint256 n = market.sessionCount();
         _sweep(n);
-        vm.warp(handler.now_() + 31 days + WINDOW);
+        vm.warp(handler.now_() + market.MAX_DURATION() + market.settlementWindow());
         for (uint256 id = 1; id <= n; ++id) {
-            if (market.getSession(id).status == JobMarketplace.Status.Settled) continue;
+            if (market.getSession(id).status == IJobMarketplace.Status.Settled) continue;
             vm.prank(address(0xF1A1));
             try market.finalize(id) {}
             catch {
@@ -420,8 +456,8 @@ contract MarketplaceInvariants {
     function _sweep(uint256 n) internal view {
         if (n != handler.sessionCount()) revert HandlerViolation(n, "session count differs");
         for (uint256 id = 1; id <= n; ++id) {
-            JobMarketplace.SessionInfo memory s = market.getSession(id);
-            MarketplaceHandler.Ghost memory g = handler.ghost(id);
+            IJobMarketplace.SessionInfo memory s = market.getSession(id);
+            ReferenceModel.Ghost memory g = handler.ghost(id);
             if (s.tokensUsed < g.lastSeen || s.tokensUsed != g.recorded) revert TokensUsedWentDown(id, s.tokensUsed, g.lastSeen);
             if (s.tokensUsed > s.maxTokens || s.deposit != g.escrow) revert SessionOverpaid(id);
             if (uint8(s.status) != g.status) revert HandlerViolation(id, "status differs");

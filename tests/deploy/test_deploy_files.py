@@ -203,3 +203,23 @@ def test_a_record_from_before_the_token_table_still_loads(tmp_path: Path) -> Non
     del data["tokens"]
     (tmp_path / "31337.json").write_text(json.dumps(data))
     assert load_deployment(31337, tmp_path).tokens == []
+
+
+def test_params_refuse_sessions_that_outlive_the_unbonding_period() -> None:
+    # Audit finding 1: sessions last at most unbonding_period - settlement_window; at
+    # least one shortest (60 s) session must fit, so 0 and anything below window + 60 go.
+    for unbonding in (0, 1, 3600, 3659):
+        with pytest.raises(ParamsError, match="unbonding_period"):
+            ParamsFile.from_dict("x", {"chain_id": 1, "unbonding_period": unbonding})
+    edge = ParamsFile.from_dict("x", {"chain_id": 1, "unbonding_period": 3660}).params
+    assert edge.max_session_duration == 60
+    assert load_params("local").max_session_duration == 7 * 24 * 3600 - 3600
+    assert load_params("base-sepolia").max_session_duration == 23 * 3600
+    long = ParamsFile.from_dict("x", {"chain_id": 1, "unbonding_period": 400 * 24 * 3600})
+    assert long.params.max_session_duration == 30 * 24 * 3600
+    # Audit finding 5: a slash takes 1..100 % of the stake, and goes to nobody.
+    for bps in (0, 10_001):
+        with pytest.raises(ParamsError, match="max_slash_bps"):
+            ParamsFile.from_dict("x", {"chain_id": 1, "max_slash_bps": bps})
+    with pytest.raises(ParamsError, match="unknown roles"):
+        ParamsFile.from_dict("x", {"chain_id": 1, "roles": {"slash_recipient": "deployer"}})

@@ -77,7 +77,8 @@ def test_fresh_deploy_every_address_role_and_parameter(
     assert s.marketplace.settlementWindow() == p.settlement_window
     assert s.node_registry.minStake() == p.min_stake
     assert s.node_registry.unbondingPeriod() == p.unbonding_period
-    assert s.node_registry.slashRecipient() == me
+    assert s.node_registry.maxSlashBps() == p.max_slash_bps == 5000
+    assert s.marketplace.maxDuration() == p.max_session_duration == p.unbonding_period - 3600
     assert s.fab.totalSupply() == p.fab_supply == s.fab.balanceOf(me)
     assert s.usdc.decimals() == 6
     assert not s.marketplace.paused()
@@ -324,9 +325,7 @@ def test_deploy_system_keeps_its_signature_for_tests_and_benchmarks(
     project: Any, deployer: Any, accounts: Any
 ) -> None:
     treasurer = accounts[3]
-    s = deploy_system(
-        project, deployer, DeployParams(), Roles(deployer, deployer, treasurer, deployer)
-    )
+    s = deploy_system(project, deployer, DeployParams(), Roles(deployer, deployer, treasurer))
     expected = ExpectedWiring(
         params=DeployParams(),
         chain_id=31337,
@@ -339,7 +338,6 @@ def test_deploy_system_keeps_its_signature_for_tests_and_benchmarks(
             "treasurer": treasurer.address,
             "pauser": deployer.address,
             "token_admin": deployer.address,
-            "slash_recipient": deployer.address,
         },
     )
     report = verify_system(

@@ -35,7 +35,7 @@ def hostenv(project: Any, accounts: Any, chain: Any, networks: Any) -> HostEnv:
     host_key = test_key(5)
     assert host_key.address == host.address
     params = DeployParams(fee_bps=FEE_BPS, settlement_window=3600)
-    roles = Roles(curator=curator, slasher=slasher, treasurer=treasurer, slash_recipient=treasurer)
+    roles = Roles(curator=curator, slasher=slasher, treasurer=treasurer)
     s = deploy_system(project, deployer, params, roles)
 
     entry = models.find()

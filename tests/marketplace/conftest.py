@@ -34,9 +34,7 @@ from fabstir.chain.system import ETH, Roles, deploy_system
 
 @pytest.fixture(scope="session")
 def env(project: Any, accounts: Any) -> Env:
-    deployer, curator, treasurer, host, host2, alice, bob, mallory, slash_recipient, keyholder = (
-        accounts[:10]
-    )
+    deployer, curator, treasurer, host, host2, alice, bob, mallory, payee, keyholder = accounts[:10]
     params = DeployParams(
         fee_bps=FEE_BPS,
         settlement_window=SETTLEMENT_WINDOW,
@@ -46,9 +44,7 @@ def env(project: Any, accounts: Any) -> Env:
             TokenSpec("USDC", 6, USDC_MIN_DEPOSIT, MOCK),
         ),
     )
-    roles = Roles(
-        curator=curator, slasher=curator, treasurer=treasurer, slash_recipient=slash_recipient
-    )
+    roles = Roles(curator=curator, slasher=curator, treasurer=treasurer)
     s = deploy_system(project, deployer, params, roles)
 
     for repo, file in ((MODEL_REPO, MODEL_FILE), (OTHER_MODEL_REPO, OTHER_MODEL_FILE)):
@@ -82,7 +78,7 @@ def env(project: Any, accounts: Any) -> Env:
         alice=alice,
         bob=bob,
         mallory=mallory,
-        slash_recipient=slash_recipient,
+        payee=payee,
         keyholder=keyholder,
         project=project,
         fab=s.fab,

@@ -156,7 +156,7 @@ class Env:
     alice: Any
     bob: Any
     mallory: Any
-    slash_recipient: Any
+    payee: Any  # an account with no role: a withdrawal recipient
     keyholder: Any  # a funded account used as a session key that sends its own txs
     project: Any
     fab: Any

@@ -15,6 +15,8 @@ pytestmark = pytest.mark.usefixtures("deployment")
 FAB = 10**18
 MIN_STAKE = 1_000 * FAB
 UNBONDING_PERIOD = 7 * 24 * 3600
+MAX_SLASH_BPS = 5000
+HALF_STAKE = MIN_STAKE * MAX_SLASH_BPS // 10_000
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 ETH = ZERO_ADDRESS
 # Added and approved by the ``tiny_vicuna`` fixture (index 0).
@@ -78,30 +80,59 @@ def unregister_and_get_end(node_registry, host):
 # --------------------------------------------------------------- deployment
 
 
-def test_constructor_state(node_registry, fab, model_registry, treasury):
+def test_constructor_state(node_registry, fab, model_registry):
     assert node_registry.fabToken() == fab.address
     assert node_registry.modelRegistry() == model_registry.address
     assert node_registry.minStake() == MIN_STAKE
     assert node_registry.unbondingPeriod() == UNBONDING_PERIOD
-    assert node_registry.slashRecipient() == treasury.address
+    assert node_registry.maxSlashBps() == MAX_SLASH_BPS
+    assert node_registry.totalSlashed() == 0
     assert node_registry.activeHosts() == []
 
 
-@pytest.mark.parametrize("zero_arg", [0, 1, 2, 5])
-def test_constructor_rejects_zero_addresses(
-    project, admin, fab, model_registry, treasury, zero_arg, reverts
-):
-    args = [admin, fab, model_registry, MIN_STAKE, UNBONDING_PERIOD, treasury]
+@pytest.mark.parametrize("zero_arg", [0, 1, 2])
+def test_constructor_rejects_zero_addresses(project, admin, fab, model_registry, zero_arg, reverts):
+    args = [admin, fab, model_registry, MIN_STAKE, UNBONDING_PERIOD, MAX_SLASH_BPS]
     args[zero_arg] = ZERO_ADDRESS
     with reverts(project.NodeRegistry.ZeroAddress):
         project.NodeRegistry.deploy(*args, sender=admin)
 
 
-def test_constructor_rejects_zero_min_stake(project, admin, fab, model_registry, treasury, reverts):
+def test_constructor_rejects_zero_min_stake(project, admin, fab, model_registry, reverts):
     with reverts(project.NodeRegistry.ZeroAmount):
         project.NodeRegistry.deploy(
-            admin, fab, model_registry, 0, UNBONDING_PERIOD, treasury, sender=admin
+            admin, fab, model_registry, 0, UNBONDING_PERIOD, MAX_SLASH_BPS, sender=admin
         )
+
+
+def test_constructor_rejects_zero_unbonding_period(project, admin, fab, model_registry, reverts):
+    # Audit finding 1: with no unbonding a host leaves the moment it misbehaves.
+    with reverts(project.NodeRegistry.InvalidUnbondingPeriod, unbondingPeriod=0):
+        project.NodeRegistry.deploy(
+            admin, fab, model_registry, MIN_STAKE, 0, MAX_SLASH_BPS, sender=admin
+        )
+    assert (
+        project.NodeRegistry.deploy(
+            admin, fab, model_registry, MIN_STAKE, 1, MAX_SLASH_BPS, sender=admin
+        ).unbondingPeriod()
+        == 1
+    )
+
+
+@pytest.mark.parametrize("bps", [0, 10_001, 65_535])
+def test_constructor_rejects_bad_slash_cap(project, admin, fab, model_registry, bps, reverts):
+    with reverts(project.NodeRegistry.InvalidSlashCap, maxSlashBps=bps):
+        project.NodeRegistry.deploy(
+            admin, fab, model_registry, MIN_STAKE, UNBONDING_PERIOD, bps, sender=admin
+        )
+
+
+@pytest.mark.parametrize("bps", [1, 10_000])
+def test_constructor_accepts_slash_cap_bounds(project, admin, fab, model_registry, bps):
+    registry = project.NodeRegistry.deploy(
+        admin, fab, model_registry, MIN_STAKE, UNBONDING_PERIOD, bps, sender=admin
+    )
+    assert registry.maxSlashBps() == bps
 
 
 # ------------------------------------------------------------- registration
@@ -406,6 +437,27 @@ def test_withdraw_before_and_after_unbonding(node_registry, fab, host, registere
     assert (record.status, record.stake, record.apiUrl) == (NONE, 0, "")
 
 
+def test_withdraw_returns_the_whole_stake_above_the_minimum(
+    node_registry, fab, hosts, register_host, fund_fab, chain
+):
+    # Every other exit test leaves with exactly minStake (or a slashed stake): returning
+    # only the minimum would go unnoticed there.
+    host = hosts[1]
+    register_host(host, stake=2 * MIN_STAKE + 7)
+    fund_fab(host, 3 * FAB)
+    fab.approve(node_registry, 3 * FAB, sender=host)
+    node_registry.addStake(3 * FAB, sender=host)
+    staked = 2 * MIN_STAKE + 7 + 3 * FAB
+    assert fab.balanceOf(host) == 0
+    chain.pending_timestamp = unregister_and_get_end(node_registry, host)
+    receipt = node_registry.withdrawStake(sender=host)
+    assert receipt.events.filter(node_registry.StakeWithdrawn) == [
+        node_registry.StakeWithdrawn(host=host, amount=staked)
+    ]
+    assert fab.balanceOf(host) == staked
+    assert fab.balanceOf(node_registry) == 0
+
+
 def test_withdraw_needs_unbonding(node_registry, host, outsider, registered, chain, reverts):
     with reverts(node_registry.NotUnbonding, host=outsider):
         node_registry.withdrawStake(sender=outsider)
@@ -475,18 +527,28 @@ def test_price_zero_unlists_token_and_priced_token_cap(
 # ----------------------------------------------------------------- slashing
 
 
-def test_slash_active_host(node_registry, fab, host, registered, slasher, treasury):
+def test_slash_active_host_burns_the_fab(
+    node_registry, fab, host, registered, slasher, slasher_fab
+):
     receipt = node_registry.slash(host, 100 * FAB, "bad proof", sender=slasher)
     assert receipt.events.filter(node_registry.HostSlashed) == [
         node_registry.HostSlashed(
             host=host, amount=100 * FAB, remainingStake=MIN_STAKE - 100 * FAB, reason="bad proof"
         )
     ]
-    assert receipt.events.filter(fab.Transfer) == [fab.Transfer(node_registry, treasury, 100 * FAB)]
-    assert fab.balanceOf(treasury) == 100 * FAB
-    assert fab.balanceOf(node_registry) == MIN_STAKE - 100 * FAB
+    # Audit finding 5: the proceeds go to nobody. The FAB stays locked in the registry
+    # (no function moves it), counted in totalSlashed.
+    assert receipt.events.filter(fab.Transfer) == []
+    assert fab.balanceOf(slasher) == slasher_fab
+    assert fab.balanceOf(node_registry) == MIN_STAKE
+    assert node_registry.totalSlashed() == 100 * FAB
     assert node_registry.getHost(host).stake == MIN_STAKE - 100 * FAB
     assert node_registry.reputationOf(host).slashes == 1
+
+
+@pytest.fixture
+def slasher_fab(fab, slasher):
+    return fab.balanceOf(slasher)
 
 
 def test_slash_below_min_stake_then_top_up(
@@ -508,9 +570,19 @@ def test_slash_below_min_stake_then_top_up(
     assert node_registry.hostServesModel(host, TINY_VICUNA_ID)
 
 
-def test_slash_exceeding_stake_reverts(node_registry, host, registered, slasher, reverts):
-    with reverts(node_registry.SlashExceedsStake, amount=MIN_STAKE + 1, stake=MIN_STAKE):
-        node_registry.slash(host, MIN_STAKE + 1, "too much", sender=slasher)
+def test_slash_above_cap_reverts(node_registry, host, registered, slasher, reverts):
+    # Audit finding 5: one slash takes at most maxSlashBps of the current stake.
+    for amount in (HALF_STAKE + 1, MIN_STAKE, MIN_STAKE + 1):
+        with reverts(node_registry.SlashAboveCap, amount=amount, cap=HALF_STAKE):
+            node_registry.slash(host, amount, "too much", sender=slasher)
+    assert node_registry.getHost(host).stake == MIN_STAKE
+    # Exactly the cap is allowed; the next cap is a fraction of what is left.
+    node_registry.slash(host, HALF_STAKE, "cap", sender=slasher)
+    left = MIN_STAKE - HALF_STAKE
+    with reverts(node_registry.SlashAboveCap, amount=HALF_STAKE, cap=left // 2):
+        node_registry.slash(host, HALF_STAKE, "again", sender=slasher)
+    assert node_registry.getHost(host).stake == left
+    assert node_registry.totalSlashed() == HALF_STAKE
 
 
 def test_slash_zero_and_unknown_revert(node_registry, host, outsider, registered, slasher, reverts):
@@ -520,7 +592,7 @@ def test_slash_zero_and_unknown_revert(node_registry, host, outsider, registered
         node_registry.slash(outsider, 1, "", sender=slasher)
 
 
-def test_slash_during_unbonding(node_registry, fab, host, registered, slasher, treasury, chain):
+def test_slash_during_unbonding(node_registry, fab, host, registered, slasher, chain):
     # Unregistering does not escape a slash: the stake is still there to take.
     ends_at = unregister_and_get_end(node_registry, host)
     node_registry.slash(host, 300 * FAB, "fraud", sender=slasher)
@@ -530,25 +602,33 @@ def test_slash_during_unbonding(node_registry, fab, host, registered, slasher, t
         node_registry.StakeWithdrawn(host=host, amount=MIN_STAKE - 300 * FAB)
     ]
     assert fab.balanceOf(host) == MIN_STAKE - 300 * FAB
-    assert fab.balanceOf(treasury) == 300 * FAB
-    assert fab.balanceOf(node_registry) == 0
+    # The slashed part stays behind, burned.
+    assert fab.balanceOf(node_registry) == node_registry.totalSlashed() == 300 * FAB
 
 
 def test_slash_whole_stake_then_withdraw_nothing(
-    node_registry, fab, host, registered, slasher, treasury, chain, reverts
+    project, admin, fab, model_registry, host, slasher, chain, reverts, fund_fab, tiny_vicuna
 ):
-    ends_at = unregister_and_get_end(node_registry, host)
-    receipt = node_registry.slash(host, MIN_STAKE, "everything", sender=slasher)
-    assert node_registry.HostSlashed.from_receipt(receipt)[0].remainingStake == 0
+    # A registry whose cap is 100% (the most a deployment may allow).
+    registry = project.NodeRegistry.deploy(
+        admin, fab, model_registry, MIN_STAKE, UNBONDING_PERIOD, 10_000, sender=admin
+    )
+    registry.grantRole(registry.SLASHER_ROLE(), slasher, sender=admin)
+    fund_fab(host, MIN_STAKE)
+    fab.approve(registry, MIN_STAKE, sender=host)
+    registry.register(MIN_STAKE, API_URL, "{}", [TINY_VICUNA_ID], [], [], sender=host)
+    ends_at = unregister_and_get_end(registry, host)
+    receipt = registry.slash(host, MIN_STAKE, "everything", sender=slasher)
+    assert registry.HostSlashed.from_receipt(receipt)[0].remainingStake == 0
     chain.pending_timestamp = ends_at
-    receipt = node_registry.withdrawStake(sender=host)
+    receipt = registry.withdrawStake(sender=host)
     # Record cleared, no token transfer for a zero amount.
-    assert receipt.events == [node_registry.StakeWithdrawn(host=host, amount=0)]
-    assert node_registry.getHost(host).status == NONE
-    assert fab.balanceOf(treasury) == MIN_STAKE
+    assert receipt.events == [registry.StakeWithdrawn(host=host, amount=0)]
+    assert registry.getHost(host).status == NONE
+    assert fab.balanceOf(registry) == registry.totalSlashed() == MIN_STAKE
     # After the exit there is nothing left to slash.
-    with reverts(node_registry.NotRegistered, host=host):
-        node_registry.slash(host, 1, "", sender=slasher)
+    with reverts(registry.NotRegistered, host=host):
+        registry.slash(host, 1, "", sender=slasher)
 
 
 def test_slash_needs_slasher_role(node_registry, host, registered, outsider, admin, reverts):

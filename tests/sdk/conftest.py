@@ -69,7 +69,7 @@ def env(project: Any, accounts: Any, chain: Any) -> SimpleNamespace:
         unbonding_period=UNBONDING,
         tokens=(TokenSpec("ETH", 18, 5 * 10**14, NATIVE), TokenSpec("USDC", 6, 1 * USDC, MOCK)),
     )
-    roles = Roles(curator=curator, slasher=curator, treasurer=treasurer, slash_recipient=deployer)
+    roles = Roles(curator=curator, slasher=curator, treasurer=treasurer)
     s = deploy_system(project, deployer, params, roles)
 
     models = s.model_registry

@@ -238,8 +238,16 @@ def test_usdc_session_pays_host_treasury_and_refunds(
     assert hosts.get_host_earnings() == "0.027"
     assert host.get_treasury_manager().get_treasury_balance("USDC") == "0.008"  # + host3's 0.005
     assert pay.get_deposited_balance() == "0.97"
-    pay.withdraw("0.97")
-    assert pay.get_usdc_balance() == "99.97"
+    # To another address (a wallet that cannot receive itself); not to zero or the vault.
+    for bad in ("0x" + "00" * 20, env.addresses["JobMarketplace"]):
+        with refused(SDKErrorCode.INVALID_ADDRESS, env.alice):
+            pay.withdraw("0.01", to=bad)
+    payee = make_sdk(env.bob).get_payment_manager()
+    payee_before = Decimal(payee.get_usdc_balance())
+    pay.withdraw("0.01", to=env.bob.address)
+    assert Decimal(payee.get_usdc_balance()) - payee_before == Decimal("0.01")
+    pay.withdraw("0.96")
+    assert pay.get_usdc_balance() == "99.96"
     with refused(SDKErrorCode.INSUFFICIENT_BALANCE, env.alice):
         pay.withdraw()  # nothing left
 

@@ -206,7 +206,6 @@ def roles_for(pf: ParamsFile, deployer: str) -> Roles:
         curator=r["curator"],
         slasher=r["slasher"],
         treasurer=r["treasurer"],
-        slash_recipient=r["slash_recipient"],
         pauser=r["pauser"],
         token_admin=r["token_admin"],
     )
@@ -277,11 +276,7 @@ def assess_existing(
             ("ModelRegistry", nodes.modelRegistry(), final("ModelRegistry")),
             ("minStake", nodes.minStake(), p.min_stake),
             ("unbondingPeriod", nodes.unbondingPeriod(), p.unbonding_period),
-            (
-                "slashRecipient",
-                nodes.slashRecipient(),
-                pf.roles.resolve(existing.deployer)["slash_recipient"],
-            ),
+            ("maxSlashBps", nodes.maxSlashBps(), p.max_slash_bps),
         ):
             if want is None or str(actual).lower() != str(want).lower():
                 drop("NodeRegistry", f"{what} is {actual}, needs {want}")
@@ -351,7 +346,7 @@ def estimate_cost(
             args[spec.symbol] = (mock_token_name(spec.symbol), spec.symbol, spec.decimals)
     if "NodeRegistry" in to_deploy:
         args["NodeRegistry"] = (
-            me, addr("FABToken"), addr("ModelRegistry"), p.min_stake, p.unbonding_period, roles["slash_recipient"],
+            me, addr("FABToken"), addr("ModelRegistry"), p.min_stake, p.unbonding_period, p.max_slash_bps,
         )  # fmt: skip
     if "JobMarketplace" in to_deploy:
         mkt = predicted["JobMarketplace"]

@@ -31,6 +31,10 @@ DEFAULT_PARAMS_BY_CHAIN = {31337: "local", 1337: "local", 84532: "base-sepolia"}
 
 DEPLOYER = "deployer"
 
+# JobMarketplace.MIN_DURATION and MAX_DURATION (seconds).
+MIN_SESSION_DURATION = 60
+MAX_SESSION_DURATION = 30 * 24 * 3600
+
 
 class ParamsError(ValueError):
     """A params file is malformed or does not fit the chain it is used on."""
@@ -163,6 +167,8 @@ class DeployParams:
     settlement_window: int = 3600
     min_stake: int = 1000 * 10**18
     unbonding_period: int = 7 * 24 * 3600
+    # Most of a stake one slash may take (basis points); slashed FAB is burned.
+    max_slash_bps: int = 5000
     fab_supply: int = 10**9 * 10**18
     # A live FAB address; None means deploy a new FABToken.
     fab_address: str | None = None
@@ -193,7 +199,29 @@ class DeployParams:
             elif not _is_uint(value):
                 raise ParamsError(f"{name} must be a non-negative integer, got {value!r}")
             values[name] = value
-        return cls(**values)
+        params = cls(**values)
+        params.validate()
+        return params
+
+    def validate(self) -> None:
+        """The constructors' own checks, so a bad file fails before anything is sent."""
+        # JobMarketplace opens sessions of at most unbonding_period - settlement_window
+        # (a leaving host's stake must outlive every session it can settle); at least
+        # one MIN_DURATION session must fit.
+        if self.unbonding_period < self.settlement_window + MIN_SESSION_DURATION:
+            raise ParamsError(
+                f"unbonding_period ({self.unbonding_period} s) must be at least "
+                f"settlement_window + {MIN_SESSION_DURATION} s "
+                f"({self.settlement_window + MIN_SESSION_DURATION} s): sessions may last "
+                "unbonding_period - settlement_window at most"
+            )
+        if not 1 <= self.max_slash_bps <= 10_000:
+            raise ParamsError(f"max_slash_bps must be 1..10000, got {self.max_slash_bps}")
+
+    @property
+    def max_session_duration(self) -> int:
+        """The longest session the marketplace deployed with these params opens."""
+        return min(MAX_SESSION_DURATION, self.unbonding_period - self.settlement_window)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -218,7 +246,6 @@ ROLE_NAMES = (
     "treasurer",
     "pauser",
     "token_admin",
-    "slash_recipient",
 )
 
 
@@ -237,7 +264,6 @@ class RoleConfig:
     treasurer: str = DEPLOYER
     pauser: str = DEPLOYER
     token_admin: str = DEPLOYER
-    slash_recipient: str = DEPLOYER
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RoleConfig:

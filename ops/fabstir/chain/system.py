@@ -125,7 +125,6 @@ class Roles:
     curator: Any
     slasher: Any
     treasurer: Any
-    slash_recipient: Any
     pauser: Any = None
     token_admin: Any = None
 
@@ -252,7 +251,7 @@ def deploy_system(
         models,
         params.min_stake,
         params.unbonding_period,
-        roles.slash_recipient,
+        params.max_slash_bps,
     )
     proofs = get("ProofSystem")
 

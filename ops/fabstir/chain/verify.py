@@ -225,9 +225,8 @@ def verify_system(
     check("NodeRegistry.modelRegistry()", nodes.modelRegistry(), addr["ModelRegistry"])
     check("NodeRegistry.minStake()", nodes.minStake(), p.min_stake)
     check("NodeRegistry.unbondingPeriod()", nodes.unbondingPeriod(), p.unbonding_period)
-    check(
-        "NodeRegistry.slashRecipient()", nodes.slashRecipient(), expected.roles["slash_recipient"]
-    )
+    check("NodeRegistry.maxSlashBps()", nodes.maxSlashBps(), p.max_slash_bps)
+    check("JobMarketplace.maxDuration()", mkt.maxDuration(), p.max_session_duration)
 
     # ProofSystem answers for this marketplace and chain.
     check(

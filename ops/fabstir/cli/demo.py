@@ -90,6 +90,10 @@ def print_report(report: DemoReport, console: Console) -> None:
     for name, ok in report.books["checks"].items():
         books.add_row(name, "[green]yes[/green]" if ok else "[red]NO[/red]")
     console.print(books)
+    if report.books.get("surplus"):
+        console.print(
+            f"vault surplus (donations, owed to nobody): {report.books['surplus']:,} units"
+        )
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items())
     console.print(f"phases: {phases} (total {sum(report.phases.values()):.1f}s)")
 

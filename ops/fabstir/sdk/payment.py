@@ -160,17 +160,26 @@ class PaymentManager(ManagerBase):
         )
         return result.tx_hash
 
-    def withdraw(self, amount: str | None = None, token: str | None = "USDC") -> str:
-        """Take `amount` (None: all) of the in-contract balance back to the wallet.
-        Returns the tx hash.
+    def withdraw(
+        self, amount: str | None = None, token: str | None = "USDC", to: str | None = None
+    ) -> str:
+        """Take `amount` (None: all) of the in-contract balance back to the wallet, or to
+        `to` (JobMarketplace.withdrawTo: for a wallet that cannot receive, e.g. one the
+        token blocklists). Returns the tx hash.
 
         Raises SDKError: AUTH_REQUIRED, INVALID_AMOUNT, INSUFFICIENT_BALANCE
-        (less is free; escrow in open sessions cannot be withdrawn).
+        (less is free; escrow in open sessions cannot be withdrawn), INVALID_ADDRESS
+        (`to` is zero or the marketplace itself).
         """
         what = "withdraw"
         me = self._me(what)
         tok = self._token(token)
         market = self._contract("JobMarketplace")
+        recipient = None if to is None else check_address(to, "to")
+        if recipient is not None and (
+            int(recipient, 16) == 0 or same_address(recipient, market.address)
+        ):
+            fail(SDKErrorCode.INVALID_ADDRESS, f"cannot withdraw to {recipient}")
         balance = int(self._call(market.functions.balanceOf(me, tok.address), "balanceOf"))
         value = balance if amount is None else tok.parse(amount)
         if value == 0:
@@ -188,6 +197,9 @@ class PaymentManager(ManagerBase):
                 deposited=balance,
                 required=value,
             )
+        if recipient is not None:
+            fn = market.functions.withdrawTo(tok.address, recipient, value)
+            return self._send(fn, f"withdraw {tok.symbol} to {recipient}").tx_hash
         return self._send(
             market.functions.withdraw(tok.address, value), f"withdraw {tok.symbol}"
         ).tx_hash

@@ -138,7 +138,7 @@ def test_treasury_withdraw_to_address(env, session_key):
     t, usdc = env.treasury, env.usdc
     _earn(env, session_key, used=1000, eth_used=100)
     fee, eth_fee = 1000 * 200 // 10, 100 * ETH_PRICE // 10
-    to = env.slash_recipient  # any address the treasurer names
+    to = env.payee  # any address the treasurer names
     wallet = usdc.balanceOf(to)
     tx = t.withdraw(usdc, to, fee - 5, sender=env.treasurer)
     assert usdc.balanceOf(to) == wallet + fee - 5
@@ -195,6 +195,13 @@ def _next_address(env, skip=0):
     return d.get_deployment_address(d.nonce + skip)
 
 
+def _node_registry(env, unbonding):
+    """A NodeRegistry like env.nodes but with its own unbonding period."""
+    return env.deployer.deploy(
+        env.project.NodeRegistry, env.deployer, env.fab, env.models, 10**18, unbonding, 5000
+    )
+
+
 def _mk_args(env, **kw):
     a = {
         "admin": env.deployer.address,
@@ -234,14 +241,18 @@ def test_marketplace_constructor_checks(env, project):
 def test_marketplace_constructor_accepts_bounds(env):
     """fee == MAX_FEE_BPS and both window bounds deploy."""
     p, d = env.project, env.deployer
+    # The longest window needs an unbonding period that covers it plus one shortest session.
+    nodes = _node_registry(env, 7 * DAY + 60)
     for fee, window in ((2000, 60), (0, 7 * DAY)):
         address = _next_address(env, 2)
         e = d.deploy(p.HostEarnings, address)
         t = d.deploy(p.Treasury, d, address)
         mk2 = d.deploy(
-            p.JobMarketplace, *_mk_args(env, earnings=e, treasury=t, fee=fee, window=window)
+            p.JobMarketplace,
+            *_mk_args(env, nodes=nodes, earnings=e, treasury=t, fee=fee, window=window),
         )
         assert (mk2.feeBps(), mk2.settlementWindow()) == (fee, window)
+        assert mk2.maxDuration() == 7 * DAY + 60 - window
         assert mk2.tokens() == [ZERO]
         assert mk2.tokenConfig(ZERO).minDeposit == ETH_MIN_DEPOSIT
 

@@ -195,7 +195,7 @@ def test_boundaries_accepted(env):
     mk.deposit(env.usdc, 100 * USDC_UNIT, sender=alice)
     # shortest and longest duration, proofInterval == deposit / price, minimum deposit
     mk.createSession(*_args(env, duration=60), sender=alice)
-    mk.createSession(*_args(env, duration=30 * DAY), sender=alice)
+    mk.createSession(*_args(env, duration=mk.maxDuration()), sender=alice)
     mk.createSession(*_args(env, interval=MAX_TOKENS), sender=alice)
     mk.createSession(*_args(env, price=HOST_USDC_MIN_PRICE), sender=alice)
     assert mk.sessionCount() == 4
