@@ -324,3 +324,33 @@ def test_too_many_connections_from_one_client(hostenv: HostEnv, start_worker: An
 
     code, was_closed = run(scenario())
     assert code == "TOO_MANY_CONNECTIONS" and was_closed
+
+
+def test_paid_sessions_count_per_wallet_not_per_address(
+    hostenv: HostEnv, start_worker: Any
+) -> None:
+    # A gateway opens many paid sessions from one machine: once a connection holds a
+    # session it counts against the depositor, and only connections without one
+    # count against the address.
+    w = start_worker(limits=Limits(max_connections_per_ip=2, max_sessions_per_wallet=3))
+    opened = [hostenv.open_session() for _ in range(4)]
+
+    async def scenario() -> tuple[list[Any], str, list[str]]:
+        clients, ready = [], []
+        for o in opened[:3]:
+            clients.append(c := await ProtocolClient.connect(w.url))
+            ready.append(await c.init(o.session_id, o.key))
+        fourth = await ProtocolClient.connect(w.url)
+        refused = await fourth.init(opened[3].session_id, opened[3].key)
+        idle = [await ProtocolClient.connect(w.url) for _ in range(2)]  # the address's 2
+        ws = await websockets.connect(w.url)
+        over = ErrorMessage.parse(await ws.recv())
+        for c in [*clients, fourth, *idle]:
+            await c.aclose()
+        await ws.close()
+        return ready, getattr(refused, "code", ""), [over.code]
+
+    ready, fourth_code, over = run(scenario())
+    assert all(isinstance(r, SessionReady) for r in ready), "3 sessions beyond 2 per address"
+    assert fourth_code == "TOO_MANY_CONNECTIONS", "but the wallet's limit holds"
+    assert over == ["TOO_MANY_CONNECTIONS"], "unauthenticated connections stay limited"
