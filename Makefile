@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := . tools/env.sh &&
 
-.PHONY: setup demo test invariants fuzz bench bench-host bench-demo lint clean
+.PHONY: setup demo test invariants fuzz bench bench-host bench-demo bench-gateway lint clean
 
 ## demo: set up, then one full paid session on an embedded local chain with the bundled model
 demo: setup
@@ -27,6 +27,9 @@ bench: setup
 
 bench-host: setup
 	@$(ENV) python bench/host.py
+
+bench-gateway: setup
+	@$(ENV) python bench/gateway.py
 
 bench-demo: setup
 	@$(ENV) python bench/demo.py
