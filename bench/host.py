@@ -34,7 +34,8 @@ import llama_cpp  # noqa: E402
 from _common import machine, save, table  # noqa: E402
 
 from fabstir import models  # noqa: E402
-from fabstir.host.engine import ChatMessage, LlamaBatchEngine  # noqa: E402
+from fabstir.host.engines.base import ChatMessage  # noqa: E402
+from fabstir.host.engines.llama import LlamaBatchEngine  # noqa: E402
 
 SEED = 1234
 PROMPTS = [

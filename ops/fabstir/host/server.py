@@ -34,7 +34,7 @@ from websockets.http11 import Request, Response
 from fabstir.chain.client import ChainError, ChainUnavailable
 from fabstir.host.chain import HostChain, SessionRejected, check_servable
 from fabstir.host.config import HostConfig
-from fabstir.host.engine import Engine
+from fabstir.host.engines.base import Engine
 from fabstir.host.metrics import HostMetrics, kv
 from fabstir.host.session import GENESIS_HEX, ServeContext, ServedSession, history_turns
 from fabstir.host.store import SessionStore, SessionTerms
@@ -390,7 +390,7 @@ class Connection:
         await self.ws.send(message.to_json())
 
     async def error(self, code: SDKErrorCode, message: str, id: str | None = None) -> None:
-        self.server.metrics.errors.inc(code=code.value)
+        self.server.metrics.errors.labels(code=code.value).inc()
         log.info(
             kv(
                 "error_frame",
@@ -674,6 +674,7 @@ class Connection:
         # Durable now: only from here on may the receipt be acknowledged.
         s.accept_receipt(msg.tokens, msg.content_hash)
         self.server.metrics.receipts.inc()
+        log.info(kv("receipt", session=s.session_id, tokens=msg.tokens))
         await self.send(ReceiptAck(tokens=msg.tokens))
 
     async def _on_close(self, s: ServedSession) -> None:

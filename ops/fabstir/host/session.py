@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from fabstir.host.config import Limits
-from fabstir.host.engine import (
+from fabstir.host.engines.base import (
     ChatMessage,
     Engine,
     EngineClosedError,
@@ -253,6 +253,10 @@ class ServedSession:
         raise AssertionError("unreachable")
 
     async def _run(self, prompt: Prompt, ctx: ServeContext) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first_at: float | None = None
+        tokens_before = self.tokens
         wanted = min(prompt.max_tokens, ctx.limits.max_tokens_per_request)
         max_tokens = min(wanted, self.remaining)
         try:
@@ -300,6 +304,9 @@ class ServedSession:
                     self._sent(*state)
                     answer.append(piece.text)
                     ctx.metrics.tokens_served.inc(n)
+                    if first_at is None:
+                        first_at = loop.time()
+                        ctx.metrics.first_token_latency.observe(first_at - started)
                     await ctx.send(
                         Chunk(id=prompt.id, text=piece.text, tokens=state[0], content_hash=state[1])
                     )
@@ -352,7 +359,24 @@ class ServedSession:
         if text:
             self.turns += [ChatMessage("user", prompt.text), ChatMessage("assistant", text)]
             del self.turns[:-MAX_TURNS_KEPT]
-        ctx.metrics.prompts.inc(finish_reason=finish)
+        ctx.metrics.prompts.labels(finish_reason=finish).inc()
+        n_answer = self.tokens - tokens_before
+        elapsed = loop.time() - first_at if first_at is not None else 0.0
+        rate = (n_answer - 1) / elapsed if n_answer > 1 and elapsed > 0 else None
+        if rate is not None:
+            ctx.metrics.tokens_per_second.observe(rate)
+        # Counts and timings only: a host's logs must never hold what its clients said.
+        log.info(
+            kv(
+                "prompt_served",
+                session=self.session_id,
+                id=prompt.id,
+                tokens=n_answer,
+                finish=finish,
+                first_token_ms=round((first_at - started) * 1000, 1) if first_at else None,
+                tokens_per_s=round(rate, 1) if rate is not None else None,
+            )
+        )
         await ctx.send(
             End(id=prompt.id, tokens=state[0], content_hash=state[1], finish_reason=finish)
         )

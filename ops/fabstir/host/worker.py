@@ -27,11 +27,12 @@ from fabstir import models
 from fabstir.chain.client import ChainClient, RetryPolicy, TxSender
 from fabstir.host.chain import HostChain, ModelStatus
 from fabstir.host.config import ConfigError, HostConfig
-from fabstir.host.engine import Engine, LlamaBatchEngine
+from fabstir.host.engines import EngineSpec, build_engine
+from fabstir.host.engines.base import Engine
 from fabstir.host.metrics import HostMetrics, kv
 from fabstir.host.server import HostServer, ModelInfo
 from fabstir.host.settlement import SettlementLoop
-from fabstir.host.store import SessionStore
+from fabstir.host.store import ChainIdentity, SessionStore
 from fabstir.protocol.messages import PROTOCOL_VERSION
 from fabstir.protocol.receipts import Eip712Domain
 from fabstir.sdk.errors import SDKError, SDKErrorCode
@@ -113,6 +114,7 @@ class HostWorker:
         chain_id = self.chain_id = await chain.chain_id()
         if cfg.chain_id is not None and cfg.chain_id != chain_id:
             raise ConfigError(f"the RPC serves chain {chain_id}, not the configured {cfg.chain_id}")
+        identity = ChainIdentity(chain_id, await chain.genesis_hash(), chain.marketplace_address)
         sha256 = await self.verify_model(chain)
         if not await chain.serves_model(self.model_id):
             log.warning(
@@ -123,19 +125,15 @@ class HostWorker:
                     hint="register (fabstir host register) or no session can name this host",
                 )
             )
-        self.store = SessionStore(cfg.db_path)
+        db_path = cfg.db_path or cfg.store_dir() / identity.file_name
+        self.store = SessionStore(db_path, identity)
         await self.store.open()
+        log.info(kv("store_opened", path=str(db_path), chain_id=chain_id))
         if self.engine is None:
-            self.engine = await asyncio.to_thread(
-                LlamaBatchEngine,
-                self.model_path,
-                n_ctx=cfg.n_ctx,
-                max_sequences=cfg.max_sequences,
-                n_gpu_layers=cfg.n_gpu_layers,
-                n_threads=cfg.n_threads,
+            self.engine = await build_engine(
+                EngineSpec(cfg, self.model_path, sha256=sha256, size=self.model_path.stat().st_size)
             )
         domain = Eip712Domain(chain_id, chain.marketplace_address)
-        settlement_box: list[SettlementLoop] = []
         self.server = HostServer(
             config=cfg,
             engine=self.engine,
@@ -152,7 +150,7 @@ class HostWorker:
             ),
             health=self.health,
             refresh_metrics=self._refresh_metrics,
-            on_session_closing=lambda: settlement_box[0].wake() if settlement_box else None,
+            on_session_closing=self._wake_settlement,
         )
         self.settlement = SettlementLoop(
             store=self.store,
@@ -165,7 +163,6 @@ class HostWorker:
             idle_timeout=cfg.idle_session_timeout,
             expiry_margin=cfg.expiry_margin,
         )
-        settlement_box.append(self.settlement)
         await self.server.start()
         counts = await self.store.counts()
         self.settlement.start()
@@ -184,6 +181,12 @@ class HostWorker:
                 closing=counts["closing"],
             )
         )
+
+    def _wake_settlement(self) -> None:
+        """A session is closing: settle soon. (The server is built before the settlement
+        loop, which needs the server, so it is handed this method, not the loop.)"""
+        if self.settlement is not None:
+            self.settlement.wake()
 
     async def verify_model(self, chain: HostChain) -> str:
         """Check the model file against the registry entry of the announced model;

@@ -1,11 +1,10 @@
-"""Inference engine of the reference host worker.
+"""The in-process llama.cpp engine (the only module that imports `llama_cpp`).
 
-`Engine` is the small interface the worker talks to. `LlamaBatchEngine` implements it on
-llama-cpp-python's low-level API: one llama context shared by up to `max_sequences`
-sequences (each its own seq_id and KV stream), driven by one dedicated thread that feeds
-one token of every decoding sequence to a single `llama_decode` per step and prefills
-newcomers' prompts (in chunks) inside those same steps. An OpenAI-compatible upstream
-(llama.cpp's server, vLLM) can implement `Engine` as a second engine.
+`LlamaBatchEngine` implements `Engine` on llama-cpp-python's low-level API: one llama
+context shared by up to `max_sequences` sequences (each its own seq_id and KV stream),
+driven by one dedicated thread that feeds one token of every decoding sequence to a
+single `llama_decode` per step and prefills newcomers' prompts (in chunks) inside those
+same steps.
 
 Consumers should close streams they abandon (`contextlib.aclosing`, or cancel the task):
 closing or cancelling a stream drops its sequence at the next step.
@@ -27,7 +26,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import llama_cpp
 import numpy as np
@@ -36,136 +35,25 @@ from llama_cpp import _internals
 from llama_cpp.llama_chat_format import ChatFormatterResponse, Jinja2ChatFormatter
 
 from fabstir import models
+from fabstir.host.engines.base import (
+    ChatMessage,
+    EngineClosedError,
+    EngineError,
+    FinishReason,
+    InvalidRequestError,
+    PromptTooLongError,
+    TokenChunk,
+    check_sampling,
+)
+
+if TYPE_CHECKING:
+    from fabstir.host.engines import EngineSpec
+    from fabstir.host.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
-FinishReason = Literal["stop", "length"]
-
 # Largest CPU micro-batch below ggml-cpu's tiled flash-attention threshold (64 rows).
 _CPU_INVARIANT_UBATCH = 63
-
-
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class TokenChunk:
-    """A piece of a streamed answer.
-
-    `n_tokens` is how many generated tokens the piece stands for: a token can end inside a
-    UTF-8 character or be held back while it might start a stop string, so one piece may
-    stand for several tokens, and the last one may carry tokens without text. The sum over
-    a stream is the answer's token count (the end-of-generation token is not counted).
-    `finish_reason` is set on the last chunk only.
-    """
-
-    text: str
-    n_tokens: int
-    finish_reason: FinishReason | None = None
-
-
-class EngineError(Exception):
-    """The engine could not serve a request."""
-
-
-class InvalidRequestError(EngineError, ValueError):
-    """The request itself is wrong (empty prompt, bad sampling parameters...)."""
-
-
-class PromptTooLongError(InvalidRequestError):
-    def __init__(self, n_prompt: int, max_tokens: int, n_ctx: int) -> None:
-        super().__init__(
-            f"prompt of {n_prompt} tokens plus max_tokens={max_tokens} does not fit "
-            f"the context window of {n_ctx} tokens"
-        )
-        self.n_prompt = n_prompt
-        self.max_tokens = max_tokens
-        self.n_ctx = n_ctx
-
-
-class EngineClosedError(EngineError):
-    """The engine was closed (or its worker died) before or while serving the request."""
-
-
-class Engine(Protocol):
-    """What the host worker needs from an inference backend."""
-
-    @property
-    def model_path(self) -> Path: ...
-
-    @property
-    def n_ctx(self) -> int:
-        """Context window of one sequence, in tokens (prompt plus answer)."""
-        ...
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        """Tokens of `messages` rendered with the model's chat template."""
-        ...
-
-    def generate(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        max_tokens: int,
-        seed: int | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: Sequence[str] = (),
-        cache_key: str | None = None,
-    ) -> AsyncIterator[TokenChunk]:
-        """Stream the answer to `messages`.
-
-        Invalid requests raise `InvalidRequestError` at the call. `temperature == 0` is
-        greedy; otherwise the output is a function of `seed`. `cache_key` (a session id)
-        lets an engine keep the conversation's KV cache for the next turn.
-        """
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-def fit_window(
-    system: str | None,
-    turns: Sequence[ChatMessage],
-    *,
-    n_ctx: int,
-    max_tokens: int,
-    count_prompt_tokens: Callable[[Sequence[ChatMessage]], int],
-) -> list[ChatMessage]:
-    """The system prompt and the newest turns that leave `max_tokens` free in `n_ctx`.
-
-    Oldest turns are dropped first. The kept history starts at a user turn (an answer
-    without its question misleads the model) unless only the last turn fits, which is
-    always kept; if even that does not fit, PromptTooLongError.
-    """
-    if not turns:
-        raise InvalidRequestError("a conversation needs at least one turn")
-    head = [ChatMessage("system", system)] if system is not None else []
-    last = len(turns) - 1
-    starts = [i for i, turn in enumerate(turns) if turn.role == "user" and i < last] + [last]
-
-    def n_tokens(k: int) -> int:
-        return count_prompt_tokens([*head, *turns[starts[k] :]])
-
-    if (shortest := n_tokens(len(starts) - 1)) + max_tokens > n_ctx:
-        raise PromptTooLongError(shortest, max_tokens, n_ctx)
-    # Fewer turns never means more tokens, so the first start that fits can be bisected.
-    lo, hi = 0, len(starts) - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if n_tokens(mid) + max_tokens <= n_ctx:
-            hi = mid
-        else:
-            lo = mid + 1
-    return [*head, *turns[starts[lo] :]]
-
-
-# --------------------------------------------------------------------------- llama.cpp
 
 
 @dataclass(frozen=True, slots=True)
@@ -661,15 +549,6 @@ def _chat_formatter(model: _internals.LlamaModel, path: Path) -> Jinja2ChatForma
     )
 
 
-def _check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
-    if max_tokens < 1:
-        raise InvalidRequestError(f"max_tokens must be at least 1, got {max_tokens}")
-    if not temperature >= 0:
-        raise InvalidRequestError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise InvalidRequestError(f"top_p must be in (0, 1], got {top_p}")
-
-
 class LlamaBatchEngine:
     """`Engine` on llama-cpp-python with batched decoding of concurrent sequences.
 
@@ -782,7 +661,7 @@ class LlamaBatchEngine:
         stop: Sequence[str] = (),
         cache_key: str | None = None,
     ) -> AsyncIterator[TokenChunk]:
-        _check_sampling(max_tokens, temperature, top_p)
+        check_sampling(max_tokens, temperature, top_p)
         tokens = self._prompt_tokens(messages)
         if len(tokens) + max_tokens > self.n_ctx:
             raise PromptTooLongError(len(tokens), max_tokens, self.n_ctx)
@@ -840,3 +719,16 @@ class LlamaBatchEngine:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+
+async def build(spec: EngineSpec) -> Engine:
+    """The configured llama.cpp engine on the (already verified) model file."""
+    cfg = spec.config
+    return await asyncio.to_thread(
+        LlamaBatchEngine,
+        spec.model_path,
+        n_ctx=cfg.n_ctx,
+        max_sequences=cfg.max_sequences,
+        n_gpu_layers=cfg.n_gpu_layers,
+        n_threads=cfg.n_threads,
+    )
