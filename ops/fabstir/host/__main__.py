@@ -26,9 +26,10 @@ from typing import Any
 import click
 
 from fabstir.host.config import ENV_KEY_FILE, ConfigError, HostConfig, read_key_file
+from fabstir.host.engines.base import ModelVerificationError
 from fabstir.host.metrics import configure_logging, kv
 from fabstir.host.options import config_kwargs, config_options
-from fabstir.host.worker import ModelVerificationError, serve
+from fabstir.host.worker import serve
 
 log = logging.getLogger("fabstir.host")
 

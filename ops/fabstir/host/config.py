@@ -145,6 +145,31 @@ class HostConfig:
     max_sequences: int = option(8, "llama: sequences decoded together.")
     n_gpu_layers: int | None = option(None, "llama: layers on the GPU (default: all if CUDA).")
     n_threads: int | None = option(None, "llama: CPU threads (default: all usable cores).")
+    # upstream engine: an OpenAI-compatible server (vLLM, llama.cpp's server, SGLang).
+    upstream_url: str | None = option(
+        None, "upstream: the server's base URL, e.g. http://127.0.0.1:8000 (/v1 optional)."
+    )
+    upstream_model: str | None = option(
+        None, "upstream: the model name the server serves (an id in its /v1/models)."
+    )
+    upstream_key_file: Path | None = option(
+        None, "upstream: file holding its API key (else $FABSTIR_UPSTREAM_API_KEY)."
+    )
+    upstream_connect_timeout: float = option(5.0, "upstream: seconds to connect.")
+    upstream_read_timeout: float = option(
+        60.0, "upstream: longest silence in an answer before the upstream counts as down."
+    )
+    upstream_max_concurrent: int = option(
+        16, "upstream: most requests at once (more wait for one to finish)."
+    )
+    upstream_n_ctx: int | None = option(
+        None, "upstream: context window (default: what the server reports, else --n-ctx)."
+    )
+    upstream_attested: bool = option(
+        False,
+        "upstream: serve although the model file cannot be checked against the registry "
+        "(identity operator-attested, shown in /health).",
+    )
 
     def __post_init__(self) -> None:
         if not self.rpc_url:
@@ -168,6 +193,13 @@ class HostConfig:
             raise ConfigError("rpc_retry_attempts must be at least 1")
         if self.temperature < 0:
             raise ConfigError("temperature must not be negative")
+        if self.engine == "upstream" and not (self.upstream_url and self.upstream_model):
+            raise ConfigError("--engine upstream needs --upstream-url and --upstream-model")
+        if self.upstream_max_concurrent < 1:
+            raise ConfigError("upstream_max_concurrent must be at least 1")
+        for name in ("upstream_connect_timeout", "upstream_read_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive")
 
     def with_(self, **changes: Any) -> HostConfig:
         """A copy with some fields changed."""

@@ -105,6 +105,23 @@ class HostMetrics:
             buckets=SETTLEMENT_BUCKETS,
             registry=r,
         )
+        self.upstream_count_mismatch = Counter(
+            "fabstir_host_upstream_count_mismatch",
+            "Answers whose token count reported by the upstream differed from the delivered "
+            "count (the delivered one is billed).",
+            ["direction"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "fabstir_host_upstream_errors",
+            "Upstream requests that failed: unreachable, 5xx, timed out, cut off.",
+            registry=r,
+        )
+        self.upstream_cancelled = Counter(
+            "fabstir_host_upstream_cancelled",
+            "Upstream requests closed before the upstream finished (cap, client gone, cancel).",
+            registry=r,
+        )
         self.uptime = Gauge(
             "fabstir_host_uptime_seconds", "Seconds since the worker started.", registry=r
         )

@@ -39,8 +39,8 @@ from fabstir.host.config import Limits
 from fabstir.host.engines.base import (
     ChatMessage,
     Engine,
-    EngineClosedError,
     EngineError,
+    EngineUnavailableError,
     InvalidRequestError,
     PromptTooLongError,
     TokenChunk,
@@ -267,8 +267,8 @@ class ServedSession:
         except InvalidRequestError as exc:
             await ctx.error(SDKErrorCode.INVALID_ARGUMENT, str(exc), prompt.id)
             return
-        except EngineClosedError:
-            await ctx.error(SDKErrorCode.SERVICE_UNAVAILABLE, "the engine is closed", prompt.id)
+        except EngineUnavailableError as exc:
+            await ctx.error(SDKErrorCode.SERVICE_UNAVAILABLE, str(exc), prompt.id)
             return
         budget_bound = max_tokens < wanted and max_tokens == self.remaining
 
@@ -323,14 +323,17 @@ class ServedSession:
                 f"no receipt for {self.last_sent[0]} tokens within "
                 f"{ctx.limits.receipt_timeout:g}s; sign it to continue",
             )
+        except PromptTooLongError as exc:
+            # An engine that learns it only from its backend (an upstream's "too long").
+            after = (SDKErrorCode.PROMPT_TOO_LARGE, str(exc))
+        except InvalidRequestError as exc:
+            after = (SDKErrorCode.INVALID_ARGUMENT, str(exc))
         except EngineError as exc:
             log.warning(kv("engine_error", session=self.session_id, id=prompt.id, error=str(exc)))
-            code = (
-                SDKErrorCode.SERVICE_UNAVAILABLE
-                if isinstance(exc, EngineClosedError)
-                else SDKErrorCode.INTERNAL_ERROR
-            )
-            after = (code, "generation failed")
+            if isinstance(exc, EngineUnavailableError):
+                after = (SDKErrorCode.SERVICE_UNAVAILABLE, "the engine is unavailable; try again")
+            else:
+                after = (SDKErrorCode.INTERNAL_ERROR, "generation failed")
         finally:
             cancel_wait.cancel()
             if nxt is not None and not nxt.done():

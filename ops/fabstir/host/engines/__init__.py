@@ -17,10 +17,12 @@ from fabstir.host.engines.base import Engine
 
 if TYPE_CHECKING:
     from fabstir.host.config import HostConfig
+    from fabstir.host.metrics import HostMetrics
 
 #: Engine name (HostConfig.engine) -> the module that builds it.
 ENGINES: Final[dict[str, str]] = {
     "llama": "fabstir.host.engines.llama",
+    "upstream": "fabstir.host.engines.upstream",
 }
 
 
@@ -34,6 +36,8 @@ class EngineSpec:
     #: The registry entry's sha256 (hex, no 0x) and size of the model file.
     sha256: str
     size: int
+    #: The worker's metrics, for engines that count things of their own.
+    metrics: HostMetrics | None = None
 
 
 class UnknownEngineError(ValueError):

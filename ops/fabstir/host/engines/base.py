@@ -12,10 +12,18 @@ cancels its request.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+from fabstir import models
+from fabstir.host.metrics import kv
+from fabstir.sdk.errors import SDKError, SDKErrorCode
+
+log = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length"]
 
@@ -61,7 +69,16 @@ class PromptTooLongError(InvalidRequestError):
         self.n_ctx = n_ctx
 
 
-class EngineClosedError(EngineError):
+class ModelVerificationError(SDKError):
+    """The model served does not match its registry entry (or cannot be checked)."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine cannot serve now (an upstream down, overloaded or cut off mid-answer);
+    the client may try again later (SERVICE_UNAVAILABLE)."""
+
+
+class EngineClosedError(EngineUnavailableError):
     """The engine was closed (or its worker died) before or while serving the request."""
 
 
@@ -69,7 +86,9 @@ class Engine(Protocol):
     """What the host worker needs from an inference backend."""
 
     @property
-    def model_path(self) -> Path: ...
+    def model_path(self) -> Path | None:
+        """The model file this process reads, if it reads one (None: an upstream's)."""
+        ...
 
     @property
     def n_ctx(self) -> int:
@@ -99,6 +118,10 @@ class Engine(Protocol):
         greedy; otherwise the output is a function of `seed`. `cache_key` (a session id)
         lets an engine keep the conversation's KV cache for the next turn.
         """
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """For /health: at least `engine` (its name) and `ok` (False: degraded)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -148,3 +171,49 @@ def check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
         raise InvalidRequestError(f"temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise InvalidRequestError(f"top_p must be in (0, 1], got {top_p}")
+
+
+_sha_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) within the process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _sha_cache:
+        _sha_cache[key] = models.sha256_file(path)
+    return _sha_cache[key]
+
+
+async def verify_model_file(path: Path, sha256: str, size: int) -> str:
+    """Check a model file against its registry entry's sha256 and size; its sha256.
+    Raises ModelVerificationError (a missing file, or a mismatch: refuse to serve)."""
+
+    def probe() -> tuple[str, int] | None:
+        return (file_sha256(path), path.stat().st_size) if path.is_file() else None
+
+    found = await asyncio.to_thread(probe)
+    if found is None:
+        raise ModelVerificationError(
+            SDKErrorCode.MODEL_VALIDATION_FAILED,
+            f"model file {path} does not exist; run `fabstir models fetch`",
+        )
+    actual, actual_size = found
+    if actual != sha256 or actual_size != size:
+        log.error(
+            kv(
+                "model_hash_mismatch",
+                path=str(path),
+                sha256=actual,
+                registry_sha256=sha256,
+                size=actual_size,
+                registry_size=size,
+            )
+        )
+        raise ModelVerificationError(
+            SDKErrorCode.INVALID_MODEL_HASH,
+            f"{path} (sha256 {actual}, {actual_size} bytes) does not match the registry entry "
+            f"(sha256 {sha256}, {size} bytes); refusing to serve",
+        )
+    log.info(kv("model_verified", path=str(path), sha256=actual))
+    return actual

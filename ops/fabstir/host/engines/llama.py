@@ -6,8 +6,12 @@ driven by one dedicated thread that feeds one token of every decoding sequence t
 single `llama_decode` per step and prefills newcomers' prompts (in chunks) inside those
 same steps.
 
-Consumers should close streams they abandon (`contextlib.aclosing`, or cancel the task):
-closing or cancelling a stream drops its sequence at the next step.
+Consumers pace their sequences: a sequence whose consumer has not read the last
+`read_ahead` tokens it was handed is parked (skipped by the decode steps, its KV cells
+kept) until the consumer reads on. So a session held at its unsigned-token cap costs no
+compute beyond a few tokens while it waits for the receipt. Consumers should close
+streams they abandon (`contextlib.aclosing`, or cancel the task): closing or cancelling
+a stream drops its sequence at the next step.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from fabstir.host.engines.base import (
     PromptTooLongError,
     TokenChunk,
     check_sampling,
+    verify_model_file,
 )
 
 if TYPE_CHECKING:
@@ -294,10 +299,20 @@ class _Active:
     decoding: bool = False  # the prompt is in; pending is the one last sampled token
     n_generated: int = 0
     n_unreported: int = 0  # generated tokens not yet counted in an emitted chunk
+    n_emitted: int = 0  # tokens of the chunks handed to the consumer
+    n_read: int = 0  # of those, the tokens the consumer has taken from its stream
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """The consumer took `n_tokens` more of request `req_id`'s stream."""
+
+    req_id: int
+    n_tokens: int
 
 
 # A worker inbox item: a request to start, the id of one to cancel, or None to stop.
-_Command = _Request | int | None
+_Command = _Request | _Read | int | None
 
 
 class _Worker:
@@ -305,9 +320,18 @@ class _Worker:
     context; the other public methods are thread-safe."""
 
     def __init__(
-        self, rt: _Runtime, *, max_sequences: int, prefill_chunk: int, prefix_cache: bool
+        self,
+        rt: _Runtime,
+        *,
+        max_sequences: int,
+        prefill_chunk: int,
+        prefix_cache: bool,
+        read_ahead: int,
     ) -> None:
         self._rt = rt
+        self._read_ahead = read_ahead
+        #: Tokens sampled since start (all requests); read by tests and benchmarks.
+        self.tokens_generated = 0
         self._prefill_chunk = prefill_chunk
         self._prefix_cache = prefix_cache
         self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
@@ -333,6 +357,9 @@ class _Worker:
     def cancel(self, req_id: int) -> None:
         self._inbox.put(req_id)
 
+    def read(self, req_id: int, n_tokens: int) -> None:
+        self._inbox.put(_Read(req_id, n_tokens))
+
     def stop(self) -> None:
         with self._lock:
             self._closed = True
@@ -344,13 +371,16 @@ class _Worker:
         error: EngineError = EngineClosedError("the engine was closed")
         try:
             while True:
-                idle = not (self._active or self._waiting)
+                self._admit()
+                # Nothing to decode (no request, or every sequence parked until its
+                # consumer reads on): hand out what is ready and wait for a command.
+                idle = not self._runnable()
                 if idle:
                     self._flush()
                 if not self._receive(block=idle):
                     break
                 self._admit()
-                if self._active:
+                if self._runnable():
                     self._step()
         except Exception as exc:
             log.exception("engine worker crashed")
@@ -365,7 +395,9 @@ class _Worker:
         try:
             cmd = self._inbox.get(block=block)
             while cmd is not None:
-                if isinstance(cmd, int):
+                if isinstance(cmd, _Read):
+                    self._on_read(cmd)
+                elif isinstance(cmd, int):
                     self._cancel(cmd)
                 else:
                     self._waiting.append(cmd)
@@ -384,6 +416,22 @@ class _Worker:
                 log.debug("request %d cancelled after %d tokens", req_id, act.n_generated)
                 self._release(act, keep=True)
                 return
+
+    def _on_read(self, cmd: _Read) -> None:
+        for act in self._active:
+            if act.req.id == cmd.req_id:
+                act.n_read += cmd.n_tokens
+                return
+
+    def _parked(self, act: _Active) -> bool:
+        """A decoding sequence whose consumer is `read_ahead` tokens behind waits, with
+        its KV cells kept: a session held at its unsigned-token cap stops reading, so
+        the engine stops decoding for it instead of running on until the receipt
+        timeout; it resumes when the receipt comes and the consumer reads again."""
+        return act.decoding and act.n_emitted - act.n_read >= self._read_ahead
+
+    def _runnable(self) -> bool:
+        return any(not self._parked(act) for act in self._active)
 
     def _admit(self) -> None:
         while self._waiting and (slot := self._pick_slot(self._waiting[0].job.cache_key)):
@@ -423,12 +471,16 @@ class _Worker:
         """One llama_decode: the next token of every decoding sequence, then as much of the
         waiting prompts as the prefill budget allows."""
         self._flush()  # first: a consumer found gone here is released before batching
-        feeds = [(act, act.pending) for act in self._active if act.decoding]
+        feeds = [
+            (act, act.pending) for act in self._active if act.decoding and not self._parked(act)
+        ]
         budget = self._prefill_chunk
         for act in self._active:
             if budget > 0 and not act.decoding:
                 feeds.append((act, act.pending[:budget]))
                 budget -= len(feeds[-1][1])
+        if not feeds:
+            return
         batch = []
         for act, chunk in feeds:
             act.pending = act.pending[len(chunk) :]
@@ -451,6 +503,7 @@ class _Worker:
             return
         act.n_generated += 1
         act.n_unreported += 1
+        self.tokens_generated += 1
         text = act.text.push(self._rt.piece(token))
         if act.text.stopped:
             self._finish(act, "stop", text)
@@ -463,6 +516,7 @@ class _Worker:
 
     def _emit(self, act: _Active, chunk: TokenChunk) -> None:
         act.n_unreported = 0
+        act.n_emitted += chunk.n_tokens
         self._outbox.append((act.req, chunk))
 
     def _flush(self) -> None:
@@ -580,10 +634,14 @@ class LlamaBatchEngine:
         flash_attn: bool | None = None,
         n_gpu_layers: int | None = None,
         prefix_cache: bool = True,
+        read_ahead: int = 8,
         verbose: bool = False,
     ) -> None:
-        if max_sequences < 1 or n_batch <= max_sequences or prefill_chunk < 1:
-            raise ValueError("need max_sequences >= 1, n_batch > max_sequences, prefill_chunk >= 1")
+        if max_sequences < 1 or n_batch <= max_sequences or prefill_chunk < 1 or read_ahead < 1:
+            raise ValueError(
+                "need max_sequences >= 1, n_batch > max_sequences, prefill_chunk >= 1, "
+                "read_ahead >= 1"
+            )
         # Same switch as Llama(verbose=...): llama.cpp's own log lines go to stderr.
         logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
         if n_gpu_layers is None:
@@ -613,6 +671,7 @@ class LlamaBatchEngine:
             max_sequences=max_sequences,
             prefill_chunk=min(prefill_chunk, n_batch - max_sequences),
             prefix_cache=prefix_cache,
+            read_ahead=read_ahead,
         )
         self._ids = itertools.count(1)
         # Tokenizing runs on callers' threads; this keeps close() from freeing the model
@@ -639,9 +698,17 @@ class LlamaBatchEngine:
     def model_path(self) -> Path:
         return self._path
 
+    def health(self) -> dict[str, Any]:
+        return {"engine": "llama", "ok": not self._closed, "model_file": self._path.name}
+
     @property
     def n_ctx(self) -> int:
         return self._rt.n_ctx_seq
+
+    @property
+    def tokens_generated(self) -> int:
+        """Tokens decoded since start, over all requests (what the hardware spent)."""
+        return self._worker.tokens_generated
 
     def count_tokens(self, text: str) -> int:
         with self._open_model():
@@ -683,6 +750,8 @@ class LlamaBatchEngine:
                     finished = True
                     raise item
                 finished = item.finish_reason is not None
+                if not finished:
+                    self._worker.read(req.id, item.n_tokens)
                 yield item
         finally:
             if not finished:
@@ -722,8 +791,9 @@ class LlamaBatchEngine:
 
 
 async def build(spec: EngineSpec) -> Engine:
-    """The configured llama.cpp engine on the (already verified) model file."""
+    """The configured llama.cpp engine, on the model file once it matches the registry."""
     cfg = spec.config
+    await verify_model_file(spec.model_path, spec.sha256, spec.size)
     return await asyncio.to_thread(
         LlamaBatchEngine,
         spec.model_path,
