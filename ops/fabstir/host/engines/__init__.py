@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, cast
 
+from fabstir.host.config import ConfigError
 from fabstir.host.engines.base import Engine
 
 if TYPE_CHECKING:
@@ -40,8 +41,8 @@ class EngineSpec:
     metrics: HostMetrics | None = None
 
 
-class UnknownEngineError(ValueError):
-    """No engine of that name is registered."""
+class UnknownEngineError(ConfigError):
+    """No engine of that name is registered (a configuration error: exit status 2)."""
 
 
 async def build_engine(spec: EngineSpec) -> Engine:
