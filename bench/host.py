@@ -348,16 +348,20 @@ async def worker_stack(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def sdk_run(stack: Stack, index: int, prompt: str, max_tokens: int) -> Run:
-    """One prompt through the worker with the SDK (tokens as the receipts count them)."""
+async def sdk_run(
+    stack: Stack, index: int, prompt: str, max_tokens: int, *, to_last_chunk: bool = False
+) -> Run:
+    """One prompt through the worker with the SDK (tokens as the receipts count them).
+    `to_last_chunk`: the run ends at its last chunk, not when the SDK's call returns
+    (after the final receipt's acknowledgement and the encrypted conversation's save)."""
     sid = stack.ids[index]
     before = stack.sessions.tokens_received(sid)
     t0 = time.perf_counter()
-    first = 0.0
+    first = last = 0.0
     async for _chunk in stack.sessions.send_prompt_streaming(sid, prompt, max_tokens=max_tokens):
-        if not first:
-            first = time.perf_counter() - t0
-    total = time.perf_counter() - t0
+        last = time.perf_counter() - t0
+        first = first or last
+    total = last if to_last_chunk else time.perf_counter() - t0
     return Run(first, total, stack.sessions.tokens_received(sid) - before, "")
 
 
@@ -405,7 +409,7 @@ async def direct_run(client: Any, prompt: str, max_tokens: int) -> Run:
         "stream": True,
     }
     t0 = time.perf_counter()
-    ttft, text, n = 0.0, "", 0
+    ttft, last, text, n = 0.0, 0.0, "", 0
     async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
         async for line in resp.aiter_lines():
             if not line.startswith("data:") or line[5:].strip() == "[DONE]":
@@ -413,10 +417,16 @@ async def direct_run(client: Any, prompt: str, max_tokens: int) -> Run:
             for choice in json.loads(line[5:])["choices"]:
                 piece = (choice.get("delta") or {}).get("content")
                 if piece:
-                    ttft = ttft or time.perf_counter() - t0
+                    last = time.perf_counter() - t0
+                    ttft = ttft or last
                     text += piece
                     n += 1
-    return Run(ttft, time.perf_counter() - t0, n, text)
+    return Run(ttft, last, n, text)  # to its last chunk, as sdk_run(to_last_chunk=True)
+
+
+def _aggregate(runs: list[Run]) -> float:
+    """Tokens/s of runs started together, until the last one's last chunk."""
+    return sum(r.tokens for r in runs) / max(r.total for r in runs)
 
 
 async def _upstream_numbers(args: argparse.Namespace, path: Path) -> dict[str, Any]:
@@ -465,25 +475,24 @@ async def _upstream_numbers(args: argparse.Namespace, path: Path) -> dict[str, A
                 wait_quiet(args.settle)
                 direct.append(await direct_run(client, prompt, max_tokens))
                 wait_quiet(args.settle)
-                worker.append(await sdk_run(stack, next(fresh), prompt, max_tokens))
+                worker.append(
+                    await sdk_run(stack, next(fresh), prompt, max_tokens, to_last_chunk=True)
+                )
             agg_direct, agg_worker = 0.0, 0.0
             for _ in range(args.reps):
                 wait_quiet(args.settle)
-                t0 = time.perf_counter()
                 runs = await asyncio.gather(
                     *(direct_run(client, PROMPTS[i], max_tokens) for i in range(n))
                 )
-                agg_direct = max(
-                    agg_direct, sum(r.tokens for r in runs) / (time.perf_counter() - t0)
-                )
+                agg_direct = max(agg_direct, _aggregate(runs))
                 wait_quiet(args.settle)
-                t0 = time.perf_counter()
                 runs = await asyncio.gather(
-                    *(sdk_run(stack, next(fresh), PROMPTS[i], max_tokens) for i in range(n))
+                    *(
+                        sdk_run(stack, next(fresh), PROMPTS[i], max_tokens, to_last_chunk=True)
+                        for i in range(n)
+                    )
                 )
-                agg_worker = max(
-                    agg_worker, sum(r.tokens for r in runs) / (time.perf_counter() - t0)
-                )
+                agg_worker = max(agg_worker, _aggregate(runs))
             session_check = stack.session_check_s
     finally:
         if server.returncode is None:
@@ -498,6 +507,7 @@ async def _upstream_numbers(args: argparse.Namespace, path: Path) -> dict[str, A
     return {
         "upstream": "llama-cpp-python server (python -m llama_cpp.server), same machine",
         "upstream_threads": n_threads,
+        "timing": "to the last chunk (direct: SSE client; worker: SDK stream)",
         "prompt": prompt,
         "max_tokens": max_tokens,
         "reps": args.reps,
