@@ -269,8 +269,9 @@ def test_paid_session_through_the_upstream_with_the_sdk(
 
 
 def test_concurrent_sessions_share_the_upstream(
-    hostenv: HostEnv, up_worker: Callable[..., WorkerThread]
+    hostenv: HostEnv, up_worker: Callable[..., WorkerThread], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("INFO", logger="fabstir.host")
     w = up_worker(upstream_max_concurrent=2)
     opened = [hostenv.open_session(proof_interval=64) for _ in range(3)]
 
@@ -290,6 +291,10 @@ def test_concurrent_sessions_share_the_upstream(
     for o, n in zip(opened, tokens, strict=True):
         rec = wait_until(lambda o=o: settled(w, o.session_id), timeout=60)
         assert rec.receipt_tokens == n == hostenv.session(o.session_id).tokensUsed > 0
+    # The worker says what it does, one line per event, and never what was said.
+    for event in ("session_ready", "prompt_served", "receipt", "session_settled"):
+        assert caplog.text.count(f"event={event} ") >= 3, event
+    assert "colours" not in caplog.text.lower()
 
 
 # --------------------------------------------------------------------------- the cap

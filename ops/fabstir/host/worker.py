@@ -1,9 +1,12 @@
 """`HostWorker`: the reference host process, tying engine, server, store and settlement.
 
-Start-up order: connect to the chain (and check its id), verify the model file
-against the ModelRegistry entry of the model it will announce (sha256 and
-size; a mismatch refuses to serve), open the store, load the engine, listen,
-start the settlement loop (whose first pass resumes whatever the store holds).
+Start-up order: connect to the chain (and check its id), read the ModelRegistry
+entry of the model it will announce, open the store of this chain (keyed by
+chain id, genesis block and marketplace: see store.py), build the engine named
+by the configuration through `engines.build_engine` (each builder checks the
+model against the registry entry as its engine allows: the file's sha256 and
+size, or what an upstream exposes; a mismatch refuses to serve), listen, start
+the settlement loop (whose first pass resumes whatever the store holds).
 
 Shutdown (SIGINT/SIGTERM, or `stop()`): stop accepting, end every connection
 with SERVICE_UNAVAILABLE (running generations are cancelled), mark every open
