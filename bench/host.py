@@ -12,6 +12,14 @@ engine interleaved, each run started once the CPU has been idle for a second (--
 caps that wait), because the machine may be shared. Targets (issue 6, 2-core CPU):
 engine >= 95% of bare tokens/s, >= 1.25x one stream's tokens/s at 4 streams, last of 4
 first tokens within 0.6 s.
+
+Upstream section (issue 12; `--upstream-only` runs just this one and keeps the other
+sections' saved numbers): llama-cpp-python's OpenAI-compatible server on the same model;
+the same prompts straight to it with an SSE client vs through the worker
+(`--engine upstream`) with SDK clients signing receipts. Targets: one stream's tokens/s
+through the worker >= 95% of direct, first-token overhead <= 15 ms (the one-time
+on-chain session check excluded), 4 concurrent sessions' aggregate >= 95% of 4 direct
+streams. Saved under the `upstream` key of bench/results/host.json.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import llama_cpp  # noqa: E402
-from _common import machine, save, table  # noqa: E402
+from _common import RESULTS, machine, save, table  # noqa: E402
 
 from fabstir import models  # noqa: E402
-from fabstir.host.engine import ChatMessage, LlamaBatchEngine  # noqa: E402
+from fabstir.host.engines.base import ChatMessage  # noqa: E402
+from fabstir.host.engines.llama import LlamaBatchEngine  # noqa: E402
 
 SEED = 1234
 PROMPTS = [
@@ -257,10 +268,22 @@ def engine_table(res: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ worker section
 
 
-async def _worker_numbers(levels: list[int], args: argparse.Namespace) -> dict[str, Any]:
-    """The same prompts through the whole stack: the worker as its own process (as a
-    host runs it) on a local chain, SDK clients in this process over WebSocket signing
-    receipts as chunks arrive (proof interval 32, so receipts flow during answers)."""
+@dataclass
+class Stack:
+    """A local chain, the worker as its own process, and an SDK client with open sessions."""
+
+    sessions: Any
+    ids: list[int]
+    session_check_s: float
+
+
+@contextlib.asynccontextmanager
+async def worker_stack(
+    n_sessions: int, args: argparse.Namespace, engine_args: list[str]
+) -> AsyncIterator[Stack]:
+    """The worker as a host runs it (its own process) on a fresh local chain, and SDK
+    clients in this process over WebSocket signing receipts as chunks arrive (proof
+    interval 32, so receipts flow during answers). Sessions are settled on exit."""
     import shutil
     import tempfile
 
@@ -284,9 +307,9 @@ async def _worker_numbers(levels: list[int], args: argparse.Namespace) -> dict[s
             sys.executable, "-m", "fabstir.host", "--rpc-url", info.rpc_url,
             "--chain-id", str(chain_id), "--deployments-dir", str(workdir / "deployments"),
             "--key-file", str(key_file), "--port", port, "--db", str(workdir / "host.db"),
-            "--max-sequences", str(max(levels)), "--max-tokens-per-request", str(args.max_tokens),
+            "--max-tokens-per-request", str(args.max_tokens),
             "--prompts-per-minute", "10000", "--max-connections-per-ip", "64",
-            "--system-prompt", "", "--log-level", "WARNING",
+            "--system-prompt", "", "--log-level", "WARNING", *engine_args,
         ]  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
@@ -301,10 +324,9 @@ async def _worker_numbers(levels: list[int], args: argparse.Namespace) -> dict[s
         sessions = client.get_session_manager()
         terms = {"deposit_amount": "1.0", "price_per_token": 200, "proof_interval": 32}
         ids = []
-        for _ in range(max(levels)):
+        for _ in range(n_sessions):
             started = await sessions.start_session(entry.model_id, host_sdk.address, terms, url)
             ids.append(started.session_id)
-
         # The one-time cost per connection: the host checks the session on chain and
         # the session-key signature (measured as a reconnect, no transaction).
         checks = []
@@ -312,43 +334,11 @@ async def _worker_numbers(levels: list[int], args: argparse.Namespace) -> dict[s
             t0 = time.perf_counter()
             await sessions.resume_session(ids[0])
             checks.append(time.perf_counter() - t0)
-
-        async def one(sid: int, prompt: str) -> Run:
-            t0 = time.perf_counter()
-            first = 0.0
-            async for _chunk in sessions.send_prompt_streaming(
-                sid, prompt, max_tokens=args.max_tokens
-            ):
-                if not first:
-                    first = time.perf_counter() - t0
-            total = time.perf_counter() - t0
-            return Run(first, total, 0, "")
-
-        out: dict[str, Any] = {"session_check_s": min(checks)}
-        solo = []
-        for _ in range(args.reps):
-            wait_quiet(args.settle)
-            before = sessions.tokens_received(ids[0])
-            run = await one(ids[0], PROMPTS[0])
-            tokens = sessions.tokens_received(ids[0]) - before
-            solo.append(
-                (run.ttft, tokens / (run.total - run.ttft) if run.total > run.ttft else 0.0, tokens)
-            )
-        ttft, tps, tokens = min(solo, key=lambda r: r[0])[0], max(r[1] for r in solo), solo[0][2]
-        out["single"] = {"ttft_s": ttft, "decode_tps": tps, "tokens": tokens}
-        agg = {}
-        for n in levels:
-            wait_quiet(args.settle)
-            before = [sessions.tokens_received(i) for i in ids[:n]]
-            t0 = time.perf_counter()
-            await asyncio.gather(*(one(ids[i], PROMPTS[i]) for i in range(n)))
-            wall = time.perf_counter() - t0
-            got = sum(sessions.tokens_received(i) - b for i, b in zip(ids[:n], before, strict=True))
-            agg[str(n)] = got / wall
-        out["aggregate_tps"] = agg
+        stack = Stack(sessions, ids, min(checks))
+        yield stack
         results = await asyncio.gather(*(sessions.complete_session(i) for i in ids))
-        out["settled"] = all(r.settled_by_host for r in results)
-        return out
+        if not all(r.settled_by_host for r in results):
+            raise RuntimeError("a benchmark session was not settled by the host")
     finally:
         if proc is not None and proc.returncode is None:
             proc.terminate()
@@ -356,6 +346,203 @@ async def _worker_numbers(levels: list[int], args: argparse.Namespace) -> dict[s
                 await asyncio.wait_for(proc.wait(), 60)
         chain.down()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def sdk_run(
+    stack: Stack, index: int, prompt: str, max_tokens: int, *, to_last_chunk: bool = False
+) -> Run:
+    """One prompt through the worker with the SDK (tokens as the receipts count them).
+    `to_last_chunk`: the run ends at its last chunk, not when the SDK's call returns
+    (after the final receipt's acknowledgement and the encrypted conversation's save)."""
+    sid = stack.ids[index]
+    before = stack.sessions.tokens_received(sid)
+    t0 = time.perf_counter()
+    first = last = 0.0
+    async for _chunk in stack.sessions.send_prompt_streaming(sid, prompt, max_tokens=max_tokens):
+        last = time.perf_counter() - t0
+        first = first or last
+    total = last if to_last_chunk else time.perf_counter() - t0
+    return Run(first, total, stack.sessions.tokens_received(sid) - before, "")
+
+
+async def _worker_numbers(levels: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """The same prompts through the whole stack with the in-process engine."""
+    engine_args = ["--max-sequences", str(max(levels))]
+    async with worker_stack(max(levels), args, engine_args) as stack:
+        out: dict[str, Any] = {"session_check_s": stack.session_check_s}
+        solo = []
+        for _ in range(args.reps):
+            wait_quiet(args.settle)
+            solo.append(await sdk_run(stack, 0, PROMPTS[0], args.max_tokens))
+        out["single"] = {
+            "ttft_s": min(r.ttft for r in solo),
+            "decode_tps": max(r.decode_tps for r in solo),
+            "tokens": solo[0].tokens,
+        }
+        agg = {}
+        for n in levels:
+            wait_quiet(args.settle)
+            t0 = time.perf_counter()
+            runs = await asyncio.gather(
+                *(sdk_run(stack, i, PROMPTS[i], args.max_tokens) for i in range(n))
+            )
+            agg[str(n)] = sum(r.tokens for r in runs) / (time.perf_counter() - t0)
+        out["aggregate_tps"] = agg
+    out["settled"] = True  # worker_stack raises otherwise
+    return out
+
+
+# ---------------------------------------------------------------- upstream section
+
+UPSTREAM_ALIAS = "smollm2"
+TARGET_UPSTREAM_TTFT_MS = 15.0
+TARGET_UPSTREAM_CONCURRENT = 4
+
+
+async def direct_run(client: Any, prompt: str, max_tokens: int) -> Run:
+    """One stream straight to the upstream with an SSE client (one chunk per token)."""
+    body = {
+        "model": UPSTREAM_ALIAS,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": True,
+    }
+    t0 = time.perf_counter()
+    ttft, last, text, n = 0.0, 0.0, "", 0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                continue
+            for choice in json.loads(line[5:])["choices"]:
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    last = time.perf_counter() - t0
+                    ttft = ttft or last
+                    text += piece
+                    n += 1
+    return Run(ttft, last, n, text)  # to its last chunk, as sdk_run(to_last_chunk=True)
+
+
+def _aggregate(runs: list[Run]) -> float:
+    """Tokens/s of runs started together, until the last one's last chunk."""
+    return sum(r.tokens for r in runs) / max(r.total for r in runs)
+
+
+async def _upstream_numbers(args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    """llama-cpp-python's OpenAI-compatible server as the upstream: the same prompts
+    straight to it (SSE client) vs through the worker (--engine upstream) with SDK
+    clients signing receipts, interleaved run by run."""
+    import httpx
+
+    from fabstir.chain.local import free_port
+
+    # The upstream stands for a GPU server: leave one core to the worker and the clients,
+    # or llama.cpp's spinning threads and the worker slow each other down.
+    n_threads = max(1, len(os.sched_getaffinity(0)) - 1)
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llama_cpp.server", "--model", str(path),
+        "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(n_threads),
+        "--n_ctx", "2048", "--interrupt_requests", "False", "--model_alias", UPSTREAM_ALIAS,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            if server.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError("llama_cpp.server did not start")
+            await asyncio.sleep(0.2)
+        engine_args = [
+            "--engine", "upstream", "--upstream-url", base + "/v1",
+            "--upstream-model", UPSTREAM_ALIAS, "--upstream-attested", "--n-ctx", "2048",
+        ]  # fmt: skip
+        n = TARGET_UPSTREAM_CONCURRENT
+        # A fresh session for every worker run: a session's later prompts carry its
+        # conversation, and the direct requests send the bare prompt.
+        n_sessions = 1 + args.reps * (1 + n)
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=300) as client,
+            worker_stack(n_sessions, args, engine_args) as stack,
+        ):
+            fresh = iter(range(n_sessions))
+            prompt, max_tokens = PROMPTS[0], args.max_tokens
+            await direct_run(client, prompt, 8)  # warm-up (model pages, prompt cache)
+            await sdk_run(stack, next(fresh), prompt, 8)
+            direct, worker = [], []
+            for _ in range(args.reps):
+                wait_quiet(args.settle)
+                direct.append(await direct_run(client, prompt, max_tokens))
+                wait_quiet(args.settle)
+                worker.append(
+                    await sdk_run(stack, next(fresh), prompt, max_tokens, to_last_chunk=True)
+                )
+            agg_direct, agg_worker = 0.0, 0.0
+            for _ in range(args.reps):
+                wait_quiet(args.settle)
+                runs = await asyncio.gather(
+                    *(direct_run(client, PROMPTS[i], max_tokens) for i in range(n))
+                )
+                agg_direct = max(agg_direct, _aggregate(runs))
+                wait_quiet(args.settle)
+                runs = await asyncio.gather(
+                    *(
+                        sdk_run(stack, next(fresh), PROMPTS[i], max_tokens, to_last_chunk=True)
+                        for i in range(n)
+                    )
+                )
+                agg_worker = max(agg_worker, _aggregate(runs))
+            session_check = stack.session_check_s
+    finally:
+        if server.returncode is None:
+            server.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait(), 30)
+    d, w = best(direct), best(worker)
+    ttft_direct, ttft_worker = min(r.ttft for r in direct), min(r.ttft for r in worker)
+    single = w.decode_tps / d.decode_tps if d.decode_tps else 0.0
+    overhead_ms = (ttft_worker - ttft_direct) * 1000
+    concurrent_ratio = agg_worker / agg_direct if agg_direct else 0.0
+    return {
+        "upstream": "llama-cpp-python server (python -m llama_cpp.server), same machine",
+        "upstream_threads": n_threads,
+        "timing": "to the last chunk (direct: SSE client; worker: SDK stream)",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "reps": args.reps,
+        "direct": {"decode_tps": d.decode_tps, "ttft_s": ttft_direct, "tokens": d.tokens},
+        "worker": {"decode_tps": w.decode_tps, "ttft_s": ttft_worker, "tokens": w.tokens},
+        "aggregate_tps": {"direct": agg_direct, "worker": agg_worker, "streams": n},
+        "session_check_s": session_check,
+        "ratios": {
+            "single_tps": single,
+            "first_token_overhead_ms": overhead_ms,
+            "aggregate_tps_at_4": concurrent_ratio,
+        },
+        "targets": {
+            "single_tps_met": single >= TARGET_RATIO_SINGLE,
+            "first_token_overhead_met": overhead_ms <= TARGET_UPSTREAM_TTFT_MS,
+            "aggregate_at_4_met": concurrent_ratio >= TARGET_RATIO_SINGLE,
+        },
+    }
+
+
+def upstream_table(res: dict[str, Any]) -> str:
+    d, w, agg, r = res["direct"], res["worker"], res["aggregate_tps"], res["ratios"]
+    rows = [
+        ["decode tok/s, 1 stream", f"{d['decode_tps']:.1f}", f"{w['decode_tps']:.1f}",
+         f"{r['single_tps']:.1%} of direct (>= {TARGET_RATIO_SINGLE:.0%})"],
+        ["time to first token, s", f"{d['ttft_s']:.3f}", f"{w['ttft_s']:.3f}",
+         f"{r['first_token_overhead_ms']:+.1f} ms (<= +{TARGET_UPSTREAM_TTFT_MS:.0f} ms)"],
+        ["session check (once), s", "", f"{res['session_check_s']:.3f}",
+         "on-chain check + key proof, excluded"],
+        [f"aggregate tok/s, {agg['streams']} streams", f"{agg['direct']:.1f}",
+         f"{agg['worker']:.1f}", f"{r['aggregate_tps_at_4']:.1%} of direct (>= 95%)"],
+    ]  # fmt: skip
+    return table(
+        [f"upstream (max_tokens={res['max_tokens']})", "direct SSE", "via worker", ""], rows
+    )
 
 
 def _listening(port: int) -> bool:
@@ -412,13 +599,30 @@ def main() -> None:
         "--settle", type=float, default=20.0,
         help="seconds to wait at most for an idle CPU before each timed run (0: do not wait)",
     )  # fmt: skip
-    parser.add_argument("--no-worker", action="store_true", help="engine section only")
+    parser.add_argument("--no-worker", action="store_true", help="no worker section")
+    parser.add_argument("--no-upstream", action="store_true", help="no upstream section")
+    parser.add_argument(
+        "--upstream-only",
+        action="store_true",
+        help="only the upstream section (kept with the other sections' saved results)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.max_tokens, args.reps = min(args.max_tokens, 32), 1
     logging.basicConfig(level=logging.WARNING)
     path = models.fetch(models.find())
     load_before = os.getloadavg()[0]
+    if args.upstream_only:
+        saved = RESULTS / "host.json"
+        results = json.loads(saved.read_text()) if saved.is_file() else {}
+        results["upstream"] = asyncio.run(_upstream_numbers(args, path))
+        results["upstream"]["machine"] = {
+            **machine(),
+            "loadavg_1m": [load_before, os.getloadavg()[0]],
+        }
+        print(upstream_table(results["upstream"]))
+        print(f"wrote {save('host', results)}")
+        return
     results: dict[str, Any] = {"machine": machine(), "model": path.name}
     results["engine"] = engine_section(args, path)
     results["engine"]["targets"] = targets(results["engine"])
@@ -429,6 +633,10 @@ def main() -> None:
         results["worker"] = asyncio.run(_worker_numbers(levels, args))
         print()
         print(worker_table(results["worker"], results["engine"]["bare"]))
+    if not args.no_upstream:
+        results["upstream"] = asyncio.run(_upstream_numbers(args, path))
+        print()
+        print(upstream_table(results["upstream"]))
     print(f"\nload average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     print(f"wrote {save('host', results)}")
 

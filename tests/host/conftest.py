@@ -25,7 +25,7 @@ from fabstir import models
 from fabstir.chain.params import DeployParams
 from fabstir.chain.system import ETH, Roles, deploy_system
 from fabstir.host.config import HostConfig, Limits
-from fabstir.host.engine import LlamaBatchEngine
+from fabstir.host.engines.llama import LlamaBatchEngine
 
 
 @pytest.fixture(scope="session")

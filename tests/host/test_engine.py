@@ -15,15 +15,17 @@ import llama_cpp
 import pytest
 
 from fabstir import models
-from fabstir.host.engine import (
+from fabstir.host.engines.base import (
     ChatMessage,
     EngineClosedError,
     InvalidRequestError,
-    LlamaBatchEngine,
     PromptTooLongError,
     TokenChunk,
-    _TextStream,
     fit_window,
+)
+from fabstir.host.engines.llama import (
+    LlamaBatchEngine,
+    _TextStream,
 )
 
 T = TypeVar("T")
@@ -285,7 +287,7 @@ def test_prefix_cache_reuse_gives_identical_answers(
     history = user(PROMPTS[1])
     first = solo(engine, PROMPTS[1], cache_key="s1")
     history = [*history, ChatMessage("assistant", first), ChatMessage("user", "And of Spain?")]
-    with caplog.at_level(logging.DEBUG, logger="fabstir.host.engine"):
+    with caplog.at_level(logging.DEBUG, logger="fabstir.host.engines.llama"):
         reused = run(collect(engine.generate(history, max_tokens=24, cache_key="s1")))
     fresh = run(collect(engine.generate(history, max_tokens=24)))
     assert reused == fresh

@@ -15,7 +15,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from fabstir.host.config import ConfigError, HostConfig, Limits, key_from_env, read_key_file
-from fabstir.host.metrics import HostMetrics, JsonFormatter, Registry, kv
+from fabstir.host.metrics import HostMetrics, JsonFormatter, kv
 from fabstir.host.session import GENESIS_HEX, ServedSession, history_turns
 from fabstir.host.settlement import SettlementLoop
 from fabstir.host.store import SessionStore, SessionTerms
@@ -155,22 +155,24 @@ def test_history_turns_alternate() -> None:
 
 
 def test_metrics_render_prometheus_text() -> None:
-    r = Registry()
-    c = r.counter("x_total", "Things.", ["code"])
-    c.inc(code='A"B')
-    c.inc(2, code="C")
-    g = r.gauge("y", "A gauge.")
-    g.set(1.5)
-    text = r.render()
-    assert '# TYPE x_total counter\nx_total{code="A\\"B"} 1\nx_total{code="C"} 2' in text
-    assert "# TYPE y gauge\ny 1.5\n" in text
-    with pytest.raises(ValueError):
-        c.inc(-1, code="A")
-    with pytest.raises(ValueError):
-        c.inc(1)  # labels required
     m = HostMetrics()
-    m.errors.inc(code="STALE_RECEIPT")
-    assert 'fabstir_host_errors_total{code="STALE_RECEIPT"} 1' in m.render()
+    m.errors.labels(code="STALE_RECEIPT").inc()
+    m.tokens_served.inc(3)
+    m.first_token_latency.observe(0.02)
+    m.tokens_per_second.observe(42)
+    m.session_settlement_lag.observe(3)
+    text = m.render()
+    assert "# TYPE fabstir_host_errors_total counter" in text
+    assert 'fabstir_host_errors_total{code="STALE_RECEIPT"} 1.0' in text
+    assert "fabstir_host_tokens_served_total 3.0" in text
+    assert 'fabstir_host_first_token_latency_seconds_bucket{le="0.025"} 1.0' in text
+    assert 'fabstir_host_tokens_per_second_bucket{le="25.0"} 0.0' in text
+    assert "fabstir_host_session_settlement_lag_seconds_count 1.0" in text
+    assert "fabstir_host_uptime_seconds" in text
+    # Each worker has its own registry: counts do not leak between workers.
+    assert "fabstir_host_tokens_served_total 0.0" in HostMetrics().render()
+    with pytest.raises(ValueError):
+        m.tokens_served.inc(-1)
 
 
 def test_structured_log_lines() -> None:

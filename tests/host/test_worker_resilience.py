@@ -26,7 +26,7 @@ from host_helpers import (
 )
 
 from fabstir.host.config import Limits
-from fabstir.host.worker import ModelVerificationError
+from fabstir.host.engines.base import ModelVerificationError
 from fabstir.protocol.messages import ErrorMessage
 from fabstir.sdk.errors import SDKErrorCode
 

@@ -105,6 +105,17 @@ class HostChain:
     async def chain_id(self) -> int:
         return await asyncio.to_thread(lambda: self.client.chain_id)
 
+    async def genesis_hash(self) -> str:
+        """Hash of block 0: tells apart two chains with the same id (a fresh anvil)."""
+
+        def run() -> str:
+            block = self.client.retry.run(
+                lambda: self.client.w3.eth.get_block(0), "eth_getBlockByNumber"
+            )
+            return to_hex(block["hash"])
+
+        return await asyncio.to_thread(run)
+
     # -- sessions
 
     def _get_session(self, session_id: int) -> OnChainSession | None:

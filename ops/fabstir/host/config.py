@@ -31,31 +31,42 @@ class ConfigError(ValueError):
     """The configuration is incomplete or inconsistent."""
 
 
+#: Environment variable naming the fabstir home (default ~/.fabstir).
+ENV_HOME = "FABSTIR_HOME"
+
+
+def option(default: Any, help: str, *, flag: str | None = None) -> Any:
+    """A config field with what its command-line option needs (see fabstir.host.options):
+    the help text and the flag (default: --field-name)."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per-connection and per-request limits (all enforced with an `error` frame)."""
 
-    #: Connections at once from one IP address that have not opened a session yet
-    #: (TOO_MANY_CONNECTIONS). Once a connection holds a paid session it counts
-    #: against its wallet instead, so a gateway paying for many sessions from one
-    #: machine is not throttled by its address.
-    max_connections_per_ip: int = 8
-    #: Sessions served at once for one depositor (TOO_MANY_CONNECTIONS).
-    max_sessions_per_wallet: int = 64
-    #: WebSocket connections at once in total (SERVICE_UNAVAILABLE).
-    max_connections: int = 512
-    #: Largest frame parsed (MESSAGE_TOO_LARGE); frames above twice this close the socket.
-    max_frame_bytes: int = MAX_FRAME_BYTES
-    #: Longest prompt text in characters (PROMPT_TOO_LARGE).
-    max_prompt_chars: int = 16_384
-    #: Most tokens generated for one prompt (a larger `max_tokens` is clamped).
-    max_tokens_per_request: int = 1024
-    #: Prompts one connection may send per rolling minute (RATE_LIMITED).
-    prompts_per_minute: int = 30
-    #: Seconds a new connection has to send a valid session_init.
-    init_timeout: float = 15.0
-    #: Seconds a paused generation waits for the receipt it asked for.
-    receipt_timeout: float = 30.0
+    max_connections_per_ip: int = option(
+        8,
+        "Connections at once from one IP address that hold no session yet "
+        "(TOO_MANY_CONNECTIONS); a connection with a paid session counts against its wallet.",
+    )
+    max_sessions_per_wallet: int = option(
+        64, "Sessions served at once for one depositor (TOO_MANY_CONNECTIONS)."
+    )
+    max_connections: int = option(512, "WebSocket connections at once in total.")
+    max_frame_bytes: int = option(
+        MAX_FRAME_BYTES,
+        "Largest frame parsed (MESSAGE_TOO_LARGE); frames above twice this close the socket.",
+    )
+    max_prompt_chars: int = option(16_384, "Longest prompt text in characters.")
+    max_tokens_per_request: int = option(
+        1024, "Most tokens generated for one prompt (a larger max_tokens is clamped)."
+    )
+    prompts_per_minute: int = option(30, "Prompts one connection may send per rolling minute.")
+    init_timeout: float = option(15.0, "Seconds a new connection has to send session_init.")
+    receipt_timeout: float = option(
+        30.0, "Seconds a paused generation waits for the receipt it asked for."
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -76,50 +87,95 @@ class Limits:
 
 @dataclass(frozen=True)
 class HostConfig:
-    """Everything the worker needs; see `python -m fabstir.host --help` for the flags."""
+    """Everything the worker needs. Fields made with `option` are the command-line
+    options of both `python -m fabstir.host` and `fabstir host serve`."""
 
+    # How to reach the chain: each entry point has its own way (key file or account).
     rpc_url: str
     private_key: str = field(repr=False)
     #: Contract name -> address; when None, loaded from the deployment of `chain_id`.
     addresses: Mapping[str, str] | None = None
     chain_id: int | None = None
     deployments_dir: Path | None = None
-    #: Catalogue key, model id or file name (None: the catalogue's default).
-    model: str | None = None
-    #: The GGUF to serve (None: the catalogue entry's file in the model cache).
-    model_path: Path | None = None
-    bind_host: str = "127.0.0.1"
-    port: int = 8080
-    #: The URL clients use (what the host registered in the NodeRegistry); informational.
-    public_url: str | None = None
-    db_path: Path = Path("fabstir-host.db")
+
+    engine: str = option("llama", "Inference engine: llama (in process) or upstream.")
+    model: str | None = option(
+        None, "Catalogue key, model id or file of the model served (default: bundled)."
+    )
+    model_path: Path | None = option(
+        None, "The GGUF to serve (default: the catalogue file in the model cache)."
+    )
+    bind_host: str = option("127.0.0.1", "Address to listen on.", flag="--bind")
+    port: int = option(8080, "Port of the WebSocket and HTTP server (0: any free).")
+    public_url: str | None = option(None, "The URL clients use (the one you registered).")
+    db_path: Path | None = option(
+        None,
+        "SQLite file of receipts and settlement state (keep it: it is what you are paid "
+        "from). Default: one per chain under $FABSTIR_HOME/host (~/.fabstir/host).",
+        flag="--db",
+    )
+    #: Its fields are options too (flattened: --max-connections, ...).
     limits: Limits = field(default_factory=Limits)
-    #: Seconds between settlement passes (a close wakes the loop at once).
-    settlement_interval: float = 30.0
-    #: After a wake-up, seconds to wait for more closes to settle in the same batch.
-    settlement_coalesce: float = 2.0
-    #: Seconds between polls of open sessions' on-chain status (a client's on-chain
-    #: close request must be answered within the marketplace's settlement window).
-    chain_poll_interval: float = 30.0
-    #: An unconnected session without activity for this long is settled.
-    idle_session_timeout: float = 900.0
-    #: A session stops being served, and is settled, this many seconds before its
-    #: on-chain end (sessions shorter than this cannot be served).
-    expiry_margin: float = 30.0
-    #: Longest the final settlement pass may take on shutdown.
-    shutdown_timeout: float = 60.0
-    #: Attempts of each RPC call before the chain counts as unavailable.
-    rpc_retry_attempts: int = 6
-    rpc_timeout: float = 30.0
-    system_prompt: str | None = "You are a helpful assistant."
-    temperature: float = 0.0
-    #: Engine: context window per sequence, sequences decoded together, GPU layers
-    #: (None: all when the build supports a GPU, else 0), CPU threads (None: every core
-    #: this process may use; on a CPU shared with other busy processes fewer is faster).
-    n_ctx: int = 2048
-    max_sequences: int = 8
-    n_gpu_layers: int | None = None
-    n_threads: int | None = None
+    settlement_interval: float = option(
+        30.0, "Seconds between settlement passes (a close wakes the loop at once)."
+    )
+    settlement_coalesce: float = option(
+        2.0, "After a wake-up, seconds to wait for more closes to share the transaction."
+    )
+    chain_poll_interval: float = option(
+        30.0, "Seconds between polls of open sessions' on-chain status (close requests)."
+    )
+    idle_session_timeout: float = option(
+        900.0,
+        "An unconnected session without activity this long is settled.",
+        flag="--idle-timeout",
+    )
+    expiry_margin: float = option(
+        30.0, "Stop serving, and settle, a session this many seconds before its end."
+    )
+    shutdown_timeout: float = option(60.0, "Longest the final settlement pass may take.")
+    rpc_retry_attempts: int = option(
+        6,
+        "Attempts of each RPC call before the chain counts as unavailable.",
+        flag="--rpc-retries",
+    )
+    rpc_timeout: float = option(30.0, "Seconds per RPC call.")
+    system_prompt: str | None = option(
+        "You are a helpful assistant.", "System prompt kept in every context window."
+    )
+    temperature: float = option(0.0, "Sampling temperature (0: greedy).")
+    # llama engine: n_ctx per sequence; n_gpu_layers None = all when the build supports
+    # a GPU; n_threads None = every usable core (on a CPU shared with other busy
+    # processes fewer is faster).
+    n_ctx: int = option(2048, "llama: context tokens per sequence (prompt plus answer).")
+    max_sequences: int = option(8, "llama: sequences decoded together.")
+    n_gpu_layers: int | None = option(None, "llama: layers on the GPU (default: all if CUDA).")
+    n_threads: int | None = option(None, "llama: CPU threads (default: all usable cores).")
+    # upstream engine: an OpenAI-compatible server (vLLM, llama.cpp's server, SGLang).
+    upstream_url: str | None = option(
+        None, "upstream: the server's base URL, e.g. http://127.0.0.1:8000 (/v1 optional)."
+    )
+    upstream_model: str | None = option(
+        None, "upstream: the model name the server serves (an id in its /v1/models)."
+    )
+    upstream_key_file: Path | None = option(
+        None, "upstream: file holding its API key (else $FABSTIR_UPSTREAM_API_KEY)."
+    )
+    upstream_connect_timeout: float = option(5.0, "upstream: seconds to connect.")
+    upstream_read_timeout: float = option(
+        60.0, "upstream: longest silence in an answer before the upstream counts as down."
+    )
+    upstream_max_concurrent: int = option(
+        16, "upstream: most requests at once (more wait for one to finish)."
+    )
+    upstream_n_ctx: int | None = option(
+        None, "upstream: context window (default: what the server reports, else --n-ctx)."
+    )
+    upstream_attested: bool = option(
+        False,
+        "upstream: serve although the model file cannot be checked against the registry "
+        "(identity operator-attested, shown in /health).",
+    )
 
     def __post_init__(self) -> None:
         if not self.rpc_url:
@@ -143,10 +199,22 @@ class HostConfig:
             raise ConfigError("rpc_retry_attempts must be at least 1")
         if self.temperature < 0:
             raise ConfigError("temperature must not be negative")
+        if self.engine == "upstream" and not (self.upstream_url and self.upstream_model):
+            raise ConfigError("--engine upstream needs --upstream-url and --upstream-model")
+        if self.upstream_max_concurrent < 1:
+            raise ConfigError("upstream_max_concurrent must be at least 1")
+        for name in ("upstream_connect_timeout", "upstream_read_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive")
 
     def with_(self, **changes: Any) -> HostConfig:
         """A copy with some fields changed."""
         return replace(self, **changes)
+
+    def store_dir(self) -> Path:
+        """Where per-chain stores live when no db_path is given."""
+        home = os.environ.get(ENV_HOME)
+        return (Path(home) if home else Path.home() / ".fabstir").expanduser() / "host"
 
     def resolve_addresses(self) -> dict[str, str]:
         """Contract addresses: the explicit ones, or those of the recorded deployment."""

@@ -1,8 +1,8 @@
-"""A tiny Prometheus registry and structured log lines for the host worker.
+"""The host worker's Prometheus metrics and structured log lines.
 
-No client library: counters and gauges with optional labels, rendered in the
-Prometheus text exposition format (version 0.0.4) by `Registry.render()`.
-Everything runs on the worker's event loop, so no locking is needed.
+`HostMetrics` holds the worker's series in its own prometheus-client registry (no
+process-global state: two workers in one process, as in the tests, keep separate
+counts); `render()` is the text exposition that /metrics serves.
 
 `kv()` formats one structured log line: `event=<name> key=value ...`
 (values with spaces or quotes are quoted), or a JSON object when the worker's
@@ -13,123 +13,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-_NAME_RE: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
 _BARE_RE: Final = re.compile(r"[A-Za-z0-9_.:/@+\-]+")
 
-LabelValues = tuple[str, ...]
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, help: str, labels: Iterable[str] = ()) -> None:
-        if not _NAME_RE.fullmatch(name):
-            raise ValueError(f"bad metric name {name!r}")
-        self.name = name
-        self.help = help
-        self.labels = tuple(labels)
-        self._values: dict[LabelValues, float] = {}
-        if not self.labels:
-            self._values[()] = 0.0
-
-    def _key(self, labels: dict[str, str]) -> LabelValues:
-        if set(labels) != set(self.labels):
-            raise ValueError(f"{self.name} takes labels {self.labels}, got {sorted(labels)}")
-        return tuple(str(labels[name]) for name in self.labels)
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        for key, value in sorted(self._values.items()):
-            if key:
-                pairs = ",".join(
-                    f'{name}="{_escape(v)}"' for name, v in zip(self.labels, key, strict=True)
-                )
-                lines.append(f"{self.name}{{{pairs}}} {_number(value)}")
-            else:
-                lines.append(f"{self.name} {_number(value)}")
-        return lines
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError("counters only go up")
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-
-class Gauge(_Metric):
-    kind = "gauge"
-
-    def set(self, value: float, **labels: str) -> None:
-        self._values[self._key(labels)] = float(value)
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-    def dec(self, amount: float = 1.0, **labels: str) -> None:
-        self.inc(-amount, **labels)
-
-
-class Registry:
-    """Named metrics plus callbacks that refresh gauges just before rendering."""
-
-    def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
-        self._collectors: list[Callable[[], None]] = []
-
-    def counter(self, name: str, help: str, labels: Iterable[str] = ()) -> Counter:
-        metric = Counter(name, help, labels)
-        self._add(metric)
-        return metric
-
-    def gauge(self, name: str, help: str, labels: Iterable[str] = ()) -> Gauge:
-        metric = Gauge(name, help, labels)
-        self._add(metric)
-        return metric
-
-    def _add(self, metric: _Metric) -> None:
-        if metric.name in self._metrics:
-            raise ValueError(f"metric {metric.name} already registered")
-        self._metrics[metric.name] = metric
-
-    def on_collect(self, fn: Callable[[], None]) -> None:
-        self._collectors.append(fn)
-
-    def render(self) -> str:
-        for fn in self._collectors:
-            fn()
-        lines: list[str] = []
-        for metric in self._metrics.values():
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
+#: Buckets (seconds) of the first-token latency: a local engine answers in tens of
+#: milliseconds, a busy upstream in seconds.
+LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Buckets of one answer's generation speed (tokens per second).
+RATE_BUCKETS: Final = (1, 5, 10, 25, 50, 100, 200, 400, 800, 1600, 3200)
+#: Buckets (seconds) of the time from a session's close to its settlement.
+SETTLEMENT_BUCKETS: Final = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
 
 class HostMetrics:
@@ -137,55 +36,99 @@ class HostMetrics:
 
     def __init__(self) -> None:
         self.started = time.time()
-        r = self.registry = Registry()
-        self.tokens_served = r.counter(
-            "fabstir_host_tokens_served_total", "Generated tokens streamed to clients."
+        r = self.registry = CollectorRegistry()
+        self.tokens_served = Counter(
+            "fabstir_host_tokens_served", "Generated tokens streamed to clients.", registry=r
         )
-        self.prompts = r.counter(
-            "fabstir_host_prompts_total", "Prompts by how they ended.", ["finish_reason"]
+        self.prompts = Counter(
+            "fabstir_host_prompts", "Prompts by how they ended.", ["finish_reason"], registry=r
         )
-        self.sessions_started = r.counter(
-            "fabstir_host_sessions_started_total", "session_ready sent (new or resumed)."
+        self.sessions_started = Counter(
+            "fabstir_host_sessions_started", "session_ready sent (new or resumed).", registry=r
         )
-        self.sessions = r.gauge(
-            "fabstir_host_sessions", "Sessions in the store by state.", ["state"]
+        self.sessions = Gauge(
+            "fabstir_host_sessions", "Sessions in the store by state.", ["state"], registry=r
         )
-        self.connections = r.gauge("fabstir_host_connections", "Open WebSocket connections.")
-        self.receipts = r.counter(
-            "fabstir_host_receipts_total", "Receipts verified, stored and acknowledged."
+        self.connections = Gauge(
+            "fabstir_host_connections", "Open WebSocket connections.", registry=r
         )
-        self.receipted_tokens = r.gauge(
-            "fabstir_host_receipted_tokens", "Tokens covered by the newest receipt, summed."
+        self.receipts = Counter(
+            "fabstir_host_receipts", "Receipts verified, stored and acknowledged.", registry=r
         )
-        self.errors = r.counter(
-            "fabstir_host_errors_total", "Error frames sent, by code.", ["code"]
+        self.receipted_tokens = Gauge(
+            "fabstir_host_receipted_tokens",
+            "Tokens covered by the newest receipt, summed.",
+            registry=r,
         )
-        self.settlements = r.counter(
-            "fabstir_host_settlements_total", "Settlement outcomes per session.", ["outcome"]
+        self.errors = Counter(
+            "fabstir_host_errors", "Error frames sent, by code.", ["code"], registry=r
         )
-        self.settled_tokens = r.counter(
-            "fabstir_host_settled_tokens_total", "Tokens paid for in settled sessions."
+        self.settlements = Counter(
+            "fabstir_host_settlements", "Settlement outcomes per session.", ["outcome"], registry=r
         )
-        self.settlement_txs = r.counter(
-            "fabstir_host_settlement_transactions_total", "settleBatch transactions mined."
+        self.settled_tokens = Counter(
+            "fabstir_host_settled_tokens", "Tokens paid for in settled sessions.", registry=r
         )
-        self.settlement_failures = r.counter(
-            "fabstir_host_settlement_failures_total",
+        self.settlement_txs = Counter(
+            "fabstir_host_settlement_transactions", "settleBatch transactions mined.", registry=r
+        )
+        self.settlement_failures = Counter(
+            "fabstir_host_settlement_failures",
             "Settlement passes that failed (RPC unreachable, transaction rejected).",
+            registry=r,
         )
-        self.settlement_lag = r.gauge(
+        self.settlement_lag = Gauge(
             "fabstir_host_settlement_lag_seconds",
             "Age of the oldest session waiting to be settled (0 when none waits).",
+            registry=r,
         )
-        self.last_settlement = r.gauge(
+        self.last_settlement = Gauge(
             "fabstir_host_last_settlement_timestamp_seconds",
             "Unix time of the last successful settlement pass.",
+            registry=r,
         )
-        self.uptime = r.gauge("fabstir_host_uptime_seconds", "Seconds since the worker started.")
-        r.on_collect(lambda: self.uptime.set(time.time() - self.started))
+        self.first_token_latency = Histogram(
+            "fabstir_host_first_token_latency_seconds",
+            "Seconds from a prompt to its first streamed chunk.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens_per_second = Histogram(
+            "fabstir_host_tokens_per_second",
+            "Generation speed of each answer: tokens after the first chunk per second.",
+            buckets=RATE_BUCKETS,
+            registry=r,
+        )
+        self.session_settlement_lag = Histogram(
+            "fabstir_host_session_settlement_lag_seconds",
+            "Seconds from a session's close (state closing) to its settlement.",
+            buckets=SETTLEMENT_BUCKETS,
+            registry=r,
+        )
+        self.upstream_count_mismatch = Counter(
+            "fabstir_host_upstream_count_mismatch",
+            "Answers whose token count reported by the upstream differed from the delivered "
+            "count (the delivered one is billed).",
+            ["direction"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "fabstir_host_upstream_errors",
+            "Upstream requests that failed: unreachable, 5xx, timed out, cut off.",
+            registry=r,
+        )
+        self.upstream_cancelled = Counter(
+            "fabstir_host_upstream_cancelled",
+            "Upstream requests closed before the upstream finished (cap, client gone, cancel).",
+            registry=r,
+        )
+        self.uptime = Gauge(
+            "fabstir_host_uptime_seconds", "Seconds since the worker started.", registry=r
+        )
+        self.uptime.set_function(lambda: time.time() - self.started)
 
     def render(self) -> str:
-        return self.registry.render()
+        return generate_latest(self.registry).decode("utf-8")
 
 
 # --------------------------------------------------------------------- structured logs

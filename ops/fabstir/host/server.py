@@ -35,7 +35,7 @@ from fabstir.chain.client import ChainError, ChainUnavailable
 from fabstir.errors import SDKError, SDKErrorCode
 from fabstir.host.chain import HostChain, SessionRejected, check_servable
 from fabstir.host.config import HostConfig
-from fabstir.host.engine import Engine
+from fabstir.host.engines.base import Engine
 from fabstir.host.metrics import HostMetrics, kv
 from fabstir.host.session import GENESIS_HEX, ServeContext, ServedSession, history_turns
 from fabstir.host.store import SessionStore, SessionTerms
@@ -414,7 +414,7 @@ class Connection:
         await self.ws.send(message.to_json(self.version))
 
     async def error(self, code: SDKErrorCode, message: str, id: str | None = None) -> None:
-        self.server.metrics.errors.inc(code=code.value)
+        self.server.metrics.errors.labels(code=code.value).inc()
         log.info(
             kv(
                 "error_frame",
@@ -711,6 +711,7 @@ class Connection:
         # Durable now: only from here on may the receipt be acknowledged.
         s.accept_receipt(tokens, receipt.content_hash)
         self.server.metrics.receipts.inc()
+        log.info(kv("receipt", session=s.session_id, tokens=tokens))
         await self.send(ReceiptAck(tokens_used=tokens))
 
     async def _on_close(self, s: ServedSession) -> None:

@@ -37,11 +37,11 @@ from typing import Final
 
 from fabstir.errors import SDKErrorCode
 from fabstir.host.config import Limits
-from fabstir.host.engine import (
+from fabstir.host.engines.base import (
     ChatMessage,
     Engine,
-    EngineClosedError,
     EngineError,
+    EngineUnavailableError,
     InvalidRequestError,
     PromptTooLongError,
     TokenChunk,
@@ -266,6 +266,10 @@ class ServedSession:
         raise AssertionError("unreachable")
 
     async def _run(self, prompt: Prompt, ctx: ServeContext) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first_at: float | None = None
+        tokens_before = self.tokens
         wanted = min(prompt.max_tokens, ctx.limits.max_tokens_per_request)
         max_tokens = min(wanted, self.remaining)
         try:
@@ -276,8 +280,8 @@ class ServedSession:
         except InvalidRequestError as exc:
             await ctx.error(SDKErrorCode.INVALID_ARGUMENT, str(exc), prompt.id)
             return
-        except EngineClosedError:
-            await ctx.error(SDKErrorCode.SERVICE_UNAVAILABLE, "the engine is closed", prompt.id)
+        except EngineUnavailableError as exc:
+            await ctx.error(SDKErrorCode.SERVICE_UNAVAILABLE, str(exc), prompt.id)
             return
         budget_bound = max_tokens < wanted and max_tokens == self.remaining
 
@@ -313,6 +317,9 @@ class ServedSession:
                     self._sent(*state)
                     answer.append(piece.text)
                     ctx.metrics.tokens_served.inc(n)
+                    if first_at is None:
+                        first_at = loop.time()
+                        ctx.metrics.first_token_latency.observe(first_at - started)
                     await ctx.send(
                         Chunk(
                             id=prompt.id,
@@ -334,14 +341,17 @@ class ServedSession:
                 f"no receipt for {self.last_sent[0]} tokens within "
                 f"{ctx.limits.receipt_timeout:g}s; sign it to continue",
             )
+        except PromptTooLongError as exc:
+            # An engine that learns it only from its backend (an upstream's "too long").
+            after = (SDKErrorCode.PROMPT_TOO_LARGE, str(exc))
+        except InvalidRequestError as exc:
+            after = (SDKErrorCode.INVALID_ARGUMENT, str(exc))
         except EngineError as exc:
             log.warning(kv("engine_error", session=self.session_id, id=prompt.id, error=str(exc)))
-            code = (
-                SDKErrorCode.SERVICE_UNAVAILABLE
-                if isinstance(exc, EngineClosedError)
-                else SDKErrorCode.INTERNAL_ERROR
-            )
-            after = (code, "generation failed")
+            if isinstance(exc, EngineUnavailableError):
+                after = (SDKErrorCode.SERVICE_UNAVAILABLE, "the engine is unavailable; try again")
+            else:
+                after = (SDKErrorCode.INTERNAL_ERROR, "generation failed")
         finally:
             cancel_wait.cancel()
             if nxt is not None and not nxt.done():
@@ -370,7 +380,24 @@ class ServedSession:
         if text and not prompt.self_contained:
             self.turns += [ChatMessage("user", prompt.text), ChatMessage("assistant", text)]
             del self.turns[:-MAX_TURNS_KEPT]
-        ctx.metrics.prompts.inc(finish_reason=finish)
+        ctx.metrics.prompts.labels(finish_reason=finish).inc()
+        n_answer = self.tokens - tokens_before
+        elapsed = loop.time() - first_at if first_at is not None else 0.0
+        rate = (n_answer - 1) / elapsed if n_answer > 1 and elapsed > 0 else None
+        if rate is not None:
+            ctx.metrics.tokens_per_second.observe(rate)
+        # Counts and timings only: a host's logs must never hold what its clients said.
+        log.info(
+            kv(
+                "prompt_served",
+                session=self.session_id,
+                id=prompt.id,
+                tokens=n_answer,
+                finish=finish,
+                first_token_ms=round((first_at - started) * 1000, 1) if first_at else None,
+                tokens_per_s=round(rate, 1) if rate is not None else None,
+            )
+        )
         await ctx.send(
             End(id=prompt.id, tokens_used=state[0], content_hash=state[1], finish_reason=finish)
         )

@@ -177,7 +177,7 @@ class SettlementLoop:
     async def refresh_gauges(self) -> None:
         counts = await self.store.counts()
         for state, n in counts.items():
-            self.metrics.sessions.set(n, state=state)
+            self.metrics.sessions.labels(state=state).set(n)
         self.metrics.settlement_lag.set(await self.lag())
         self.metrics.receipted_tokens.set(await self.store.receipted_tokens())
 
@@ -225,7 +225,7 @@ class SettlementLoop:
         if info is None:
             await self.hooks.end_session(sid, SDKErrorCode.SESSION_NOT_FOUND, "unknown on chain")
             await self.store.mark_failed(sid, "unknown on chain")
-            self.metrics.settlements.inc(outcome="unknown_session")
+            self.metrics.settlements.labels(outcome="unknown_session").inc()
             log.error(kv("session_failed", session=sid, reason="unknown on chain"))
         elif info.status == Status.CLOSING:
             await self._close(
@@ -237,7 +237,7 @@ class SettlementLoop:
             await self.store.mark_settled(
                 sid, tx=None, tokens=info.tokens_used, note="settled on chain by another party"
             )
-            self.metrics.settlements.inc(outcome="settled_elsewhere")
+            self.metrics.settlements.labels(outcome="settled_elsewhere").inc()
             level = logging.WARNING if rec.receipt_tokens > info.tokens_used else logging.INFO
             log.log(
                 level,
@@ -277,12 +277,14 @@ class SettlementLoop:
             if outcome == Outcome.OK:
                 tokens = result.settled_tokens.get(sid, item.tokens_used)
                 await self.store.mark_settled(sid, tx=result.tx_hash, tokens=tokens)
-                self.metrics.settlements.inc(outcome="ok")
+                self.metrics.settlements.labels(outcome="ok").inc()
                 self.metrics.settled_tokens.inc(tokens)
+                if rec.closing_since is not None:
+                    self.metrics.session_settlement_lag.observe(time.time() - rec.closing_since)
                 log.info(kv("session_settled", session=sid, tokens=tokens, tx=result.tx_hash))
             elif outcome == Outcome.NOT_OPEN:
                 await self.store.mark_settled(sid, tx=None, tokens=None, note="already settled")
-                self.metrics.settlements.inc(outcome="already_settled")
+                self.metrics.settlements.labels(outcome="already_settled").inc()
                 log.info(kv("session_already_settled", session=sid))
             elif outcome == Outcome.STALE_RECEIPT:
                 # The chain already holds this receipt or a newer one: settle as recorded.
@@ -291,7 +293,7 @@ class SettlementLoop:
             else:
                 reason = outcome.name.lower()
                 await self.store.mark_failed(sid, reason, tx=result.tx_hash)
-                self.metrics.settlements.inc(outcome=reason)
+                self.metrics.settlements.labels(outcome=reason).inc()
                 log.error(
                     kv(
                         "session_failed",

@@ -9,12 +9,21 @@ executor completes even if the awaiting coroutine is cancelled.
 
 Lifecycle of a row: `open` (being served) -> `closing` (waiting for the
 settlement loop) -> `settled`, or `failed` when the chain refused it for good.
+
+A store belongs to one chain: `ChainIdentity` (chain id, genesis block hash,
+marketplace address) is recorded in it when it is created, and opening it with
+another identity raises `StoreIdentityError` (session ids are per deployment: an
+old chain's "session 1" must never stand for a new chain's). By default each
+identity gets its own file (`ChainIdentity.file_name`). The schema is versioned
+(`PRAGMA user_version`); `_MIGRATIONS` brings an older file up to date in place,
+keeping its rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,12 +32,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
+from fabstir.host.config import ConfigError
+from fabstir.host.metrics import kv
+
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 State = Literal["open", "closing", "settled", "failed"]
 STATES: Final = ("open", "closing", "settled", "failed")
 
-_SCHEMA: Final = """
+#: Version 0: the unversioned schema (sessions only). 1: the `store_meta` table with the
+#: chain identity.
+SCHEMA_VERSION: Final = 1
+
+_SESSIONS: Final = """
 CREATE TABLE IF NOT EXISTS sessions (
     session_id       INTEGER PRIMARY KEY,
     client           TEXT    NOT NULL,
@@ -52,6 +70,42 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state);
 """
+
+#: Statements that take a file from version N to N + 1, by N.
+_MIGRATIONS: Final[dict[int, str]] = {
+    0: "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+}
+
+
+class StoreIdentityError(ConfigError):
+    """The store file belongs to another chain or deployment (or a newer worker): a
+    configuration error, so it ends `python -m fabstir.host` with exit status 2."""
+
+
+@dataclass(frozen=True)
+class ChainIdentity:
+    """Which chain and deployment a store's session ids belong to."""
+
+    chain_id: int
+    genesis_hash: str
+    marketplace: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "genesis_hash", self.genesis_hash.lower())
+        object.__setattr__(self, "marketplace", self.marketplace.lower())
+
+    @property
+    def file_name(self) -> str:
+        """A file name unique to the identity (readable: chain id and marketplace)."""
+        return f"chain-{self.chain_id}-{self.marketplace[2:10]}-{self.genesis_hash[2:14]}.db"
+
+    def as_rows(self) -> dict[str, str]:
+        return {
+            "chain_id": str(self.chain_id),
+            "genesis_hash": self.genesis_hash,
+            "marketplace": self.marketplace,
+        }
+
 
 _COLUMNS: Final = (
     "session_id, client, session_key, token, price, max_tokens, proof_interval, ends_at, "
@@ -112,8 +166,10 @@ class SessionRecord:
 class SessionStore:
     """Async access to the sessions table; see the module docstring."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, identity: ChainIdentity | None = None) -> None:
+        """`identity` None: the file's own (tests and tools that only read it)."""
         self.path = Path(path)
+        self.identity = identity
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-store")
         self._conn: sqlite3.Connection | None = None
 
@@ -140,8 +196,61 @@ class SessionStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
-        conn.executescript(_SCHEMA)
+        try:
+            self._migrate(conn)
+            self._check_identity(conn)
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreIdentityError(
+                f"{self.path} has schema version {version}, newer than this worker's "
+                f"{SCHEMA_VERSION}; upgrade the worker"
+            )
+        conn.executescript(_SESSIONS)
+        while version < SCHEMA_VERSION:
+            # One transaction per step: a crash leaves the file at a whole version.
+            conn.executescript(
+                f"BEGIN; {_MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;"
+            )
+            version += 1
+            log.info(kv("store_migrated", path=str(self.path), version=version))
+
+    def _check_identity(self, conn: sqlite3.Connection) -> None:
+        stored = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
+        if self.identity is None:
+            return
+        if not stored:
+            # A new file, or one from before identities (version 0): it is the chain the
+            # operator points the worker at, so the existing receipts stay usable.
+            conn.executemany(
+                "INSERT INTO store_meta (key, value) VALUES (?, ?)",
+                list(self.identity.as_rows().items()),
+            )
+            return
+        wanted = self.identity.as_rows()
+        diff = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k} {old} (file) vs {new}" for k, (old, new) in diff.items())
+            raise StoreIdentityError(
+                f"{self.path} belongs to another chain or deployment ({what}); its session "
+                "ids are not this chain's. Use another --db (or the default per-chain file)."
+            )
+
+    async def stored_identity(self) -> ChainIdentity | None:
+        """The identity recorded in the file (None before one was)."""
+
+        def run() -> ChainIdentity | None:
+            rows = dict(self._db().execute("SELECT key, value FROM store_meta").fetchall())
+            if not rows:
+                return None
+            return ChainIdentity(int(rows["chain_id"]), rows["genesis_hash"], rows["marketplace"])
+
+        return await self._run(run)
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -1,9 +1,12 @@
 """`HostWorker`: the reference host process, tying engine, server, store and settlement.
 
-Start-up order: connect to the chain (and check its id), verify the model file
-against the ModelRegistry entry of the model it will announce (sha256 and
-size; a mismatch refuses to serve), open the store, load the engine, listen,
-start the settlement loop (whose first pass resumes whatever the store holds).
+Start-up order: connect to the chain (and check its id), read the ModelRegistry
+entry of the model it will announce, open the store of this chain (keyed by
+chain id, genesis block and marketplace: see store.py), build the engine named
+by the configuration through `engines.build_engine` (each builder checks the
+model against the registry entry as its engine allows: the file's sha256 and
+size, or what an upstream exposes; a mismatch refuses to serve), listen, start
+the settlement loop (whose first pass resumes whatever the store holds).
 
 Shutdown (SIGINT/SIGTERM, or `stop()`): stop accepting, end every connection
 with SERVICE_UNAVAILABLE (running generations are cancelled), mark every open
@@ -26,33 +29,19 @@ from typing import Any
 from fabstir import models
 from fabstir.chain.client import ChainClient, RetryPolicy, TxSender
 from fabstir.chain.marketplace import ModelStatus
-from fabstir.errors import SDKError, SDKErrorCode
-from fabstir.host.chain import HostChain
+from fabstir.errors import SDKErrorCode
+from fabstir.host.chain import HostChain, ModelEntry
 from fabstir.host.config import ConfigError, HostConfig
-from fabstir.host.engine import Engine, LlamaBatchEngine
+from fabstir.host.engines import EngineSpec, build_engine
+from fabstir.host.engines.base import Engine, ModelVerificationError, verify_model_file
 from fabstir.host.metrics import HostMetrics, kv
 from fabstir.host.server import HostServer, ModelInfo
 from fabstir.host.settlement import SettlementLoop
-from fabstir.host.store import SessionStore
+from fabstir.host.store import ChainIdentity, SessionStore
 from fabstir.protocol.messages import PROTOCOL_VERSION
 from fabstir.protocol.receipts import Eip712Domain
 
 log = logging.getLogger(__name__)
-
-_sha_cache: dict[tuple[str, int, int], str] = {}
-
-
-class ModelVerificationError(SDKError):
-    """The model file does not match its registry entry (or there is none)."""
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) within the process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _sha_cache:
-        _sha_cache[key] = models.sha256_file(path)
-    return _sha_cache[key]
 
 
 class HostWorker:
@@ -78,9 +67,10 @@ class HostWorker:
 
     @property
     def model_path(self) -> Path:
+        """The model file an in-process engine loads (the given engine's, if it has one)."""
         if self.config.model_path is not None:
             return Path(self.config.model_path)
-        if self._given_engine is not None:
+        if self._given_engine is not None and self._given_engine.model_path is not None:
             return self._given_engine.model_path
         return models.local_path(self.entry)
 
@@ -114,7 +104,8 @@ class HostWorker:
         chain_id = self.chain_id = await chain.chain_id()
         if cfg.chain_id is not None and cfg.chain_id != chain_id:
             raise ConfigError(f"the RPC serves chain {chain_id}, not the configured {cfg.chain_id}")
-        sha256 = await self.verify_model(chain)
+        identity = ChainIdentity(chain_id, await chain.genesis_hash(), chain.marketplace_address)
+        registry = await self.registry_entry(chain)
         if not await chain.serves_model(self.model_id):
             log.warning(
                 kv(
@@ -124,19 +115,18 @@ class HostWorker:
                     hint="register (fabstir host register) or no session can name this host",
                 )
             )
-        self.store = SessionStore(cfg.db_path)
+        db_path = cfg.db_path or cfg.store_dir() / identity.file_name
+        self.store = SessionStore(db_path, identity)
         await self.store.open()
+        log.info(kv("store_opened", path=str(db_path), chain_id=chain_id))
         if self.engine is None:
-            self.engine = await asyncio.to_thread(
-                LlamaBatchEngine,
-                self.model_path,
-                n_ctx=cfg.n_ctx,
-                max_sequences=cfg.max_sequences,
-                n_gpu_layers=cfg.n_gpu_layers,
-                n_threads=cfg.n_threads,
-            )
+            # The builder checks the model against the registry as its engine allows
+            # (the file's sha256, or what the upstream exposes) before it serves.
+            spec = EngineSpec(cfg, self.model_path, registry.sha256, registry.size, self.metrics)
+            self.engine = await build_engine(spec)
+        elif (given := self.engine.model_path) is not None:
+            await verify_model_file(given, registry.sha256, registry.size)
         domain = Eip712Domain(chain_id, chain.marketplace_address)
-        settlement_box: list[SettlementLoop] = []
         self.server = HostServer(
             config=cfg,
             engine=self.engine,
@@ -148,12 +138,12 @@ class HostWorker:
                 model_id=self.model_id,
                 name=self.entry.key,
                 file=self.entry.file,
-                sha256=sha256,
+                sha256=registry.sha256,
                 n_ctx=self.engine.n_ctx,
             ),
             health=self.health,
             refresh_metrics=self._refresh_metrics,
-            on_session_closing=lambda: settlement_box[0].wake() if settlement_box else None,
+            on_session_closing=self._wake_settlement,
         )
         self.settlement = SettlementLoop(
             store=self.store,
@@ -166,7 +156,6 @@ class HostWorker:
             idle_timeout=cfg.idle_session_timeout,
             expiry_margin=cfg.expiry_margin,
         )
-        settlement_box.append(self.settlement)
         await self.server.start()
         counts = await self.store.counts()
         self.settlement.start()
@@ -186,9 +175,14 @@ class HostWorker:
             )
         )
 
-    async def verify_model(self, chain: HostChain) -> str:
-        """Check the model file against the registry entry of the announced model;
-        return its sha256. Raises ModelVerificationError."""
+    def _wake_settlement(self) -> None:
+        """A session is closing: settle soon. (The server is built before the settlement
+        loop, which needs the server, so it is handed this method, not the loop.)"""
+        if self.settlement is not None:
+            self.settlement.wake()
+
+    async def registry_entry(self, chain: HostChain) -> ModelEntry:
+        """The ModelRegistry entry of the announced model (ModelVerificationError if none)."""
         entry = await chain.model(self.model_id)
         if entry is None:
             raise ModelVerificationError(
@@ -196,36 +190,11 @@ class HostWorker:
                 f"model {self.entry.repo}/{self.entry.file} ({self.model_id}) is not in the "
                 "ModelRegistry",
             )
-        path = self.model_path
-        if not path.is_file():
-            raise ModelVerificationError(
-                SDKErrorCode.MODEL_VALIDATION_FAILED,
-                f"model file {path} does not exist; run `fabstir models fetch`",
-            )
-        sha256 = await asyncio.to_thread(file_sha256, path)
-        size = path.stat().st_size
-        if sha256 != entry.sha256 or size != entry.size:
-            log.error(
-                kv(
-                    "model_hash_mismatch",
-                    path=str(path),
-                    sha256=sha256,
-                    registry_sha256=entry.sha256,
-                    size=size,
-                    registry_size=entry.size,
-                )
-            )
-            raise ModelVerificationError(
-                SDKErrorCode.INVALID_MODEL_HASH,
-                f"{path} (sha256 {sha256}, {size} bytes) does not match the registry entry "
-                f"of {self.model_id} (sha256 {entry.sha256}, {entry.size} bytes); refusing to serve",
-            )
         if entry.status != ModelStatus.APPROVED:
             log.warning(
                 kv("model_not_approved", model_id=self.model_id, status=entry.status.name.lower())
             )
-        log.info(kv("model_verified", path=str(path), sha256=sha256, model_id=self.model_id))
-        return sha256
+        return entry
 
     # -- stop
 
@@ -263,7 +232,10 @@ class HostWorker:
         store, settlement, server = self.store, self.settlement, self.server
         counts = await store.counts() if store is not None else {}
         lag = await settlement.lag() if settlement is not None else 0.0
-        degraded = settlement is not None and settlement.last_error is not None
+        engine = self.engine.health() if self.engine is not None else None
+        degraded = (settlement is not None and settlement.last_error is not None) or (
+            engine is not None and not engine["ok"]
+        )
         return {
             "status": "ok"
             if self._state == "running" and not degraded
@@ -291,6 +263,7 @@ class HostWorker:
                 "last_success": settlement.last_success if settlement else None,
                 "last_error": settlement.last_error if settlement else None,
             },
+            "engine": engine,
             "uptime_seconds": round(time.time() - self.metrics.started, 3),
         }
 

@@ -1,14 +1,17 @@
-"""Inference engine of the reference host worker.
+"""The in-process llama.cpp engine (the only module that imports `llama_cpp`).
 
-`Engine` is the small interface the worker talks to. `LlamaBatchEngine` implements it on
-llama-cpp-python's low-level API: one llama context shared by up to `max_sequences`
-sequences (each its own seq_id and KV stream), driven by one dedicated thread that feeds
-one token of every decoding sequence to a single `llama_decode` per step and prefills
-newcomers' prompts (in chunks) inside those same steps. An OpenAI-compatible upstream
-(llama.cpp's server, vLLM) can implement `Engine` as a second engine.
+`LlamaBatchEngine` implements `Engine` on llama-cpp-python's low-level API: one llama
+context shared by up to `max_sequences` sequences (each its own seq_id and KV stream),
+driven by one dedicated thread that feeds one token of every decoding sequence to a
+single `llama_decode` per step and prefills newcomers' prompts (in chunks) inside those
+same steps.
 
-Consumers should close streams they abandon (`contextlib.aclosing`, or cancel the task):
-closing or cancelling a stream drops its sequence at the next step.
+Consumers pace their sequences: a sequence whose consumer has not read the last
+`read_ahead` tokens it was handed is parked (skipped by the decode steps, its KV cells
+kept) until the consumer reads on. So a session held at its unsigned-token cap costs no
+compute beyond a few tokens while it waits for the receipt. Consumers should close
+streams they abandon (`contextlib.aclosing`, or cancel the task): closing or cancelling
+a stream drops its sequence at the next step.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import llama_cpp
 import numpy as np
@@ -36,136 +39,26 @@ from llama_cpp import _internals
 from llama_cpp.llama_chat_format import ChatFormatterResponse, Jinja2ChatFormatter
 
 from fabstir import models
+from fabstir.host.engines.base import (
+    ChatMessage,
+    EngineClosedError,
+    EngineError,
+    FinishReason,
+    InvalidRequestError,
+    PromptTooLongError,
+    TokenChunk,
+    check_sampling,
+    verify_model_file,
+)
+
+if TYPE_CHECKING:
+    from fabstir.host.engines import EngineSpec
+    from fabstir.host.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
-FinishReason = Literal["stop", "length"]
-
 # Largest CPU micro-batch below ggml-cpu's tiled flash-attention threshold (64 rows).
 _CPU_INVARIANT_UBATCH = 63
-
-
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class TokenChunk:
-    """A piece of a streamed answer.
-
-    `n_tokens` is how many generated tokens the piece stands for: a token can end inside a
-    UTF-8 character or be held back while it might start a stop string, so one piece may
-    stand for several tokens, and the last one may carry tokens without text. The sum over
-    a stream is the answer's token count (the end-of-generation token is not counted).
-    `finish_reason` is set on the last chunk only.
-    """
-
-    text: str
-    n_tokens: int
-    finish_reason: FinishReason | None = None
-
-
-class EngineError(Exception):
-    """The engine could not serve a request."""
-
-
-class InvalidRequestError(EngineError, ValueError):
-    """The request itself is wrong (empty prompt, bad sampling parameters...)."""
-
-
-class PromptTooLongError(InvalidRequestError):
-    def __init__(self, n_prompt: int, max_tokens: int, n_ctx: int) -> None:
-        super().__init__(
-            f"prompt of {n_prompt} tokens plus max_tokens={max_tokens} does not fit "
-            f"the context window of {n_ctx} tokens"
-        )
-        self.n_prompt = n_prompt
-        self.max_tokens = max_tokens
-        self.n_ctx = n_ctx
-
-
-class EngineClosedError(EngineError):
-    """The engine was closed (or its worker died) before or while serving the request."""
-
-
-class Engine(Protocol):
-    """What the host worker needs from an inference backend."""
-
-    @property
-    def model_path(self) -> Path: ...
-
-    @property
-    def n_ctx(self) -> int:
-        """Context window of one sequence, in tokens (prompt plus answer)."""
-        ...
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        """Tokens of `messages` rendered with the model's chat template."""
-        ...
-
-    def generate(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        max_tokens: int,
-        seed: int | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: Sequence[str] = (),
-        cache_key: str | None = None,
-    ) -> AsyncIterator[TokenChunk]:
-        """Stream the answer to `messages`.
-
-        Invalid requests raise `InvalidRequestError` at the call. `temperature == 0` is
-        greedy; otherwise the output is a function of `seed`. `cache_key` (a session id)
-        lets an engine keep the conversation's KV cache for the next turn.
-        """
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-def fit_window(
-    system: str | None,
-    turns: Sequence[ChatMessage],
-    *,
-    n_ctx: int,
-    max_tokens: int,
-    count_prompt_tokens: Callable[[Sequence[ChatMessage]], int],
-) -> list[ChatMessage]:
-    """The system prompt and the newest turns that leave `max_tokens` free in `n_ctx`.
-
-    Oldest turns are dropped first. The kept history starts at a user turn (an answer
-    without its question misleads the model) unless only the last turn fits, which is
-    always kept; if even that does not fit, PromptTooLongError.
-    """
-    if not turns:
-        raise InvalidRequestError("a conversation needs at least one turn")
-    head = [ChatMessage("system", system)] if system is not None else []
-    last = len(turns) - 1
-    starts = [i for i, turn in enumerate(turns) if turn.role == "user" and i < last] + [last]
-
-    def n_tokens(k: int) -> int:
-        return count_prompt_tokens([*head, *turns[starts[k] :]])
-
-    if (shortest := n_tokens(len(starts) - 1)) + max_tokens > n_ctx:
-        raise PromptTooLongError(shortest, max_tokens, n_ctx)
-    # Fewer turns never means more tokens, so the first start that fits can be bisected.
-    lo, hi = 0, len(starts) - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if n_tokens(mid) + max_tokens <= n_ctx:
-            hi = mid
-        else:
-            lo = mid + 1
-    return [*head, *turns[starts[lo] :]]
-
-
-# --------------------------------------------------------------------------- llama.cpp
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,10 +299,20 @@ class _Active:
     decoding: bool = False  # the prompt is in; pending is the one last sampled token
     n_generated: int = 0
     n_unreported: int = 0  # generated tokens not yet counted in an emitted chunk
+    n_emitted: int = 0  # tokens of the chunks handed to the consumer
+    n_read: int = 0  # of those, the tokens the consumer has taken from its stream
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """The consumer took `n_tokens` more of request `req_id`'s stream."""
+
+    req_id: int
+    n_tokens: int
 
 
 # A worker inbox item: a request to start, the id of one to cancel, or None to stop.
-_Command = _Request | int | None
+_Command = _Request | _Read | int | None
 
 
 class _Worker:
@@ -417,9 +320,18 @@ class _Worker:
     context; the other public methods are thread-safe."""
 
     def __init__(
-        self, rt: _Runtime, *, max_sequences: int, prefill_chunk: int, prefix_cache: bool
+        self,
+        rt: _Runtime,
+        *,
+        max_sequences: int,
+        prefill_chunk: int,
+        prefix_cache: bool,
+        read_ahead: int,
     ) -> None:
         self._rt = rt
+        self._read_ahead = read_ahead
+        #: Tokens sampled since start (all requests); read by tests and benchmarks.
+        self.tokens_generated = 0
         self._prefill_chunk = prefill_chunk
         self._prefix_cache = prefix_cache
         self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
@@ -445,6 +357,9 @@ class _Worker:
     def cancel(self, req_id: int) -> None:
         self._inbox.put(req_id)
 
+    def read(self, req_id: int, n_tokens: int) -> None:
+        self._inbox.put(_Read(req_id, n_tokens))
+
     def stop(self) -> None:
         with self._lock:
             self._closed = True
@@ -456,13 +371,16 @@ class _Worker:
         error: EngineError = EngineClosedError("the engine was closed")
         try:
             while True:
-                idle = not (self._active or self._waiting)
+                self._admit()
+                # Nothing to decode (no request, or every sequence parked until its
+                # consumer reads on): hand out what is ready and wait for a command.
+                idle = not self._runnable()
                 if idle:
                     self._flush()
                 if not self._receive(block=idle):
                     break
                 self._admit()
-                if self._active:
+                if self._runnable():
                     self._step()
         except Exception as exc:
             log.exception("engine worker crashed")
@@ -477,7 +395,9 @@ class _Worker:
         try:
             cmd = self._inbox.get(block=block)
             while cmd is not None:
-                if isinstance(cmd, int):
+                if isinstance(cmd, _Read):
+                    self._on_read(cmd)
+                elif isinstance(cmd, int):
                     self._cancel(cmd)
                 else:
                     self._waiting.append(cmd)
@@ -496,6 +416,22 @@ class _Worker:
                 log.debug("request %d cancelled after %d tokens", req_id, act.n_generated)
                 self._release(act, keep=True)
                 return
+
+    def _on_read(self, cmd: _Read) -> None:
+        for act in self._active:
+            if act.req.id == cmd.req_id:
+                act.n_read += cmd.n_tokens
+                return
+
+    def _parked(self, act: _Active) -> bool:
+        """A decoding sequence whose consumer is `read_ahead` tokens behind waits, with
+        its KV cells kept: a session held at its unsigned-token cap stops reading, so
+        the engine stops decoding for it instead of running on until the receipt
+        timeout; it resumes when the receipt comes and the consumer reads again."""
+        return act.decoding and act.n_emitted - act.n_read >= self._read_ahead
+
+    def _runnable(self) -> bool:
+        return any(not self._parked(act) for act in self._active)
 
     def _admit(self) -> None:
         while self._waiting and (slot := self._pick_slot(self._waiting[0].job.cache_key)):
@@ -535,12 +471,16 @@ class _Worker:
         """One llama_decode: the next token of every decoding sequence, then as much of the
         waiting prompts as the prefill budget allows."""
         self._flush()  # first: a consumer found gone here is released before batching
-        feeds = [(act, act.pending) for act in self._active if act.decoding]
+        feeds = [
+            (act, act.pending) for act in self._active if act.decoding and not self._parked(act)
+        ]
         budget = self._prefill_chunk
         for act in self._active:
             if budget > 0 and not act.decoding:
                 feeds.append((act, act.pending[:budget]))
                 budget -= len(feeds[-1][1])
+        if not feeds:
+            return
         batch = []
         for act, chunk in feeds:
             act.pending = act.pending[len(chunk) :]
@@ -563,6 +503,7 @@ class _Worker:
             return
         act.n_generated += 1
         act.n_unreported += 1
+        self.tokens_generated += 1
         text = act.text.push(self._rt.piece(token))
         if act.text.stopped:
             self._finish(act, "stop", text)
@@ -575,6 +516,7 @@ class _Worker:
 
     def _emit(self, act: _Active, chunk: TokenChunk) -> None:
         act.n_unreported = 0
+        act.n_emitted += chunk.n_tokens
         self._outbox.append((act.req, chunk))
 
     def _flush(self) -> None:
@@ -661,15 +603,6 @@ def _chat_formatter(model: _internals.LlamaModel, path: Path) -> Jinja2ChatForma
     )
 
 
-def _check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
-    if max_tokens < 1:
-        raise InvalidRequestError(f"max_tokens must be at least 1, got {max_tokens}")
-    if not temperature >= 0:
-        raise InvalidRequestError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise InvalidRequestError(f"top_p must be in (0, 1], got {top_p}")
-
-
 class LlamaBatchEngine:
     """`Engine` on llama-cpp-python with batched decoding of concurrent sequences.
 
@@ -701,10 +634,14 @@ class LlamaBatchEngine:
         flash_attn: bool | None = None,
         n_gpu_layers: int | None = None,
         prefix_cache: bool = True,
+        read_ahead: int = 8,
         verbose: bool = False,
     ) -> None:
-        if max_sequences < 1 or n_batch <= max_sequences or prefill_chunk < 1:
-            raise ValueError("need max_sequences >= 1, n_batch > max_sequences, prefill_chunk >= 1")
+        if max_sequences < 1 or n_batch <= max_sequences or prefill_chunk < 1 or read_ahead < 1:
+            raise ValueError(
+                "need max_sequences >= 1, n_batch > max_sequences, prefill_chunk >= 1, "
+                "read_ahead >= 1"
+            )
         # Same switch as Llama(verbose=...): llama.cpp's own log lines go to stderr.
         logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
         if n_gpu_layers is None:
@@ -734,6 +671,7 @@ class LlamaBatchEngine:
             max_sequences=max_sequences,
             prefill_chunk=min(prefill_chunk, n_batch - max_sequences),
             prefix_cache=prefix_cache,
+            read_ahead=read_ahead,
         )
         self._ids = itertools.count(1)
         # Tokenizing runs on callers' threads; this keeps close() from freeing the model
@@ -760,9 +698,17 @@ class LlamaBatchEngine:
     def model_path(self) -> Path:
         return self._path
 
+    def health(self) -> dict[str, Any]:
+        return {"engine": "llama", "ok": not self._closed, "model_file": self._path.name}
+
     @property
     def n_ctx(self) -> int:
         return self._rt.n_ctx_seq
+
+    @property
+    def tokens_generated(self) -> int:
+        """Tokens decoded since start, over all requests (what the hardware spent)."""
+        return self._worker.tokens_generated
 
     def count_tokens(self, text: str) -> int:
         with self._open_model():
@@ -782,7 +728,7 @@ class LlamaBatchEngine:
         stop: Sequence[str] = (),
         cache_key: str | None = None,
     ) -> AsyncIterator[TokenChunk]:
-        _check_sampling(max_tokens, temperature, top_p)
+        check_sampling(max_tokens, temperature, top_p)
         tokens = self._prompt_tokens(messages)
         if len(tokens) + max_tokens > self.n_ctx:
             raise PromptTooLongError(len(tokens), max_tokens, self.n_ctx)
@@ -804,6 +750,8 @@ class LlamaBatchEngine:
                     finished = True
                     raise item
                 finished = item.finish_reason is not None
+                if not finished:
+                    self._worker.read(req.id, item.n_tokens)
                 yield item
         finally:
             if not finished:
@@ -840,3 +788,17 @@ class LlamaBatchEngine:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+
+async def build(spec: EngineSpec) -> Engine:
+    """The configured llama.cpp engine, on the model file once it matches the registry."""
+    cfg = spec.config
+    await verify_model_file(spec.model_path, spec.sha256, spec.size)
+    return await asyncio.to_thread(
+        LlamaBatchEngine,
+        spec.model_path,
+        n_ctx=cfg.n_ctx,
+        max_sequences=cfg.max_sequences,
+        n_gpu_layers=cfg.n_gpu_layers,
+        n_threads=cfg.n_threads,
+    )
