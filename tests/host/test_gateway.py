@@ -31,7 +31,7 @@ from fabstir.gateway.ledger import Ledger
 from fabstir.gateway.pool import PoolConfig, SessionPool
 from fabstir.gateway.server import Gateway, ServerSettings
 from fabstir.host.config import Limits
-from fabstir.host.engine import LlamaBatchEngine
+from fabstir.host.engines.llama import LlamaBatchEngine
 from fabstir.sdk.config import SDKConfig
 from fabstir.sdk.sdk import FabstirSDK
 from fabstir.sdk.types import SessionStatus
