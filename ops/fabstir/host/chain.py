@@ -18,7 +18,8 @@ from typing import Any, Final
 from eth_utils.address import to_checksum_address
 from web3.logs import DISCARD
 
-from fabstir.chain.client import ChainClient, ChainError, TxSender
+from fabstir.chain.client import ChainClient, ChainError
+from fabstir.chain.transactions import TxSender
 from fabstir.protocol.receipts import expected_receipt_signer, same_address
 from fabstir.sdk.errors import SDKError, SDKErrorCode
 from fabstir.sdk.types import ReceiptOutcome, SessionStatus

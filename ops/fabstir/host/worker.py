@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from fabstir import models
-from fabstir.chain.client import ChainClient, RetryPolicy, TxSender
+from fabstir.chain.client import ChainClient, RetryPolicy
+from fabstir.chain.transactions import TxSender
 from fabstir.host.chain import HostChain, ModelStatus
 from fabstir.host.config import ConfigError, HostConfig
 from fabstir.host.engine import Engine, LlamaBatchEngine

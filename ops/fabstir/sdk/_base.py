@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 from eth_utils.address import to_checksum_address
 from web3.exceptions import Web3RPCError, Web3ValidationError
 
-from fabstir.chain.client import ChainError, ChainUnavailable, TxResult
+from fabstir.chain.client import ChainError, ChainUnavailable
+from fabstir.chain.transactions import TxResult
 from fabstir.protocol.receipts import is_valid_address, to_bytes32
 from fabstir.sdk.amounts import format_amount, parse_amount
 from fabstir.sdk.constants import NATIVE_TOKEN_ADDRESS

@@ -22,7 +22,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 
-from fabstir.chain.client import ChainClient, RetryPolicy, TxSender
+from fabstir.chain.client import ChainClient, RetryPolicy
+from fabstir.chain.transactions import TxSender
 from fabstir.protocol.receipts import Eip712Domain, same_address
 from fabstir.sdk._base import ZERO_ADDRESS, Token, check_address, translate_errors
 from fabstir.sdk.config import CONTRACT_NAMES, SDKConfig, canonical_contract_name
