@@ -111,6 +111,8 @@ class FailoverHTTPProvider(JSONBaseProvider):
         body = self.encode_rpc_request(method, params)
         delay = self.retry.first_delay
         last = "no attempt"
+        refused = 0  # URLs in a row that could not be reached at all
+        attempt = 0
         for attempt in range(1, self.retry.attempts + 1):
             index = self._current
             url = self.urls[index]
@@ -125,7 +127,16 @@ class FailoverHTTPProvider(JSONBaseProvider):
             except (requests.ConnectionError, requests.Timeout, OSError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 self._advance(index)
+                # A read timeout is a slow node, worth another try; a refused
+                # connection is nobody there.
+                refused = 0 if isinstance(exc, requests.ReadTimeout) else refused + 1
+                if refused >= len(self.urls):
+                    # Nothing listens anywhere: an outage. Say so now and let the
+                    # caller's retry policy do the (longer) backoff.
+                    self._note(url, last)
+                    break
             else:
+                refused = 0
                 if resp.status_code == 200:
                     try:
                         decoded: RPCResponse = json.loads(resp.content)
@@ -160,7 +171,7 @@ class FailoverHTTPProvider(JSONBaseProvider):
             if wait is None and pause > 0:
                 delay = min(delay * 2, self.retry.max_delay)
         raise RpcUnavailable(
-            f"{method}: no RPC answered after {self.retry.attempts} tries "
+            f"{method}: no RPC answered after {attempt} tries "
             f"({', '.join(self.urls)}): {last}"
         )
 
