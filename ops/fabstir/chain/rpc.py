@@ -171,8 +171,7 @@ class FailoverHTTPProvider(JSONBaseProvider):
             if wait is None and pause > 0:
                 delay = min(delay * 2, self.retry.max_delay)
         raise RpcUnavailable(
-            f"{method}: no RPC answered after {attempt} tries "
-            f"({', '.join(self.urls)}): {last}"
+            f"{method}: no RPC answered after {attempt} tries ({', '.join(self.urls)}): {last}"
         )
 
     def is_connected(self, show_traceback: bool = False) -> bool:
