@@ -18,7 +18,8 @@ from typing import Any, Final
 from eth_utils.address import to_checksum_address
 from web3.logs import DISCARD
 
-from fabstir.chain.client import ChainClient, ChainError
+from fabstir.chain.client import ChainClient, ChainError, ChainUnavailable
+from fabstir.chain.logscan import LogScanError, event_logs
 from fabstir.chain.transactions import TxSender
 from fabstir.protocol.receipts import expected_receipt_signer, same_address
 from fabstir.sdk.errors import SDKError, SDKErrorCode
@@ -172,9 +173,11 @@ class BatchResult:
 class HostChain:
     """Async facade over ChainClient/TxSender for the worker (one instance per worker)."""
 
-    def __init__(self, client: ChainClient, sender: TxSender) -> None:
+    def __init__(self, client: ChainClient, sender: TxSender, *, first_block: int = 0) -> None:
         self.client = client
         self.sender = sender
+        #: Where event scans start: the deployment's first block.
+        self.first_block = first_block
         self.address: str = sender.address
         self.marketplace = client.contract("JobMarketplace")
         self.model_registry = client.contract("ModelRegistry")
@@ -221,25 +224,23 @@ class HostChain:
 
         return await asyncio.to_thread(run)
 
-    async def checkpoint_hash(
-        self, session_id: int, tokens: int, from_block: int = 0
-    ) -> str | None:
+    async def checkpoint_hash(self, session_id: int, tokens: int) -> str | None:
         """The content hash of the recorded receipt for `tokens`, from CheckpointSubmitted
-        (None when it cannot be found)."""
+        (None when it cannot be found). A bounded scan from the deployment's first block."""
 
         def run() -> str | None:
-            event = self.marketplace.events.CheckpointSubmitted
+            event = self.marketplace.events.CheckpointSubmitted()
             try:
-                logs = self.client.retry.run(
-                    lambda: event.get_logs(
-                        argument_filters={"sessionId": session_id}, from_block=from_block
-                    ),
-                    "getLogs(CheckpointSubmitted)",
+                logs = event_logs(
+                    self.client,
+                    event,
+                    from_block=self.first_block,
+                    topics=["0x" + session_id.to_bytes(32, "big").hex()],
                 )
-            except Exception as exc:  # e.g. a provider that limits the block range
+            except (ChainUnavailable, LogScanError) as exc:
                 log.warning("event=checkpoint_lookup_failed session=%s error=%r", session_id, exc)
                 return None
-            for entry in reversed(list(logs)):
+            for entry in reversed(logs):
                 if int(entry["args"]["tokensUsed"]) == tokens:
                     return _hex(entry["args"]["contentHash"])
             return None

@@ -25,6 +25,7 @@ from typing import Any
 
 from fabstir import models
 from fabstir.chain.client import ChainClient, RetryPolicy
+from fabstir.chain.logscan import deployment_block
 from fabstir.chain.transactions import TxSender
 from fabstir.host.chain import HostChain, ModelStatus
 from fabstir.host.config import ConfigError, HostConfig
@@ -109,7 +110,8 @@ class HostWorker:
             retry=RetryPolicy(attempts=cfg.rpc_retry_attempts),
         )
         sender = TxSender(client, cfg.private_key)
-        chain = self.chain = HostChain(client, sender)
+        first_block = await asyncio.to_thread(_first_block, cfg, client, addresses)
+        chain = self.chain = HostChain(client, sender, first_block=first_block)
         self.address = chain.address
         chain_id = self.chain_id = await chain.chain_id()
         if cfg.chain_id is not None and cfg.chain_id != chain_id:
@@ -327,3 +329,13 @@ async def serve(
         for sig in installed:
             loop.remove_signal_handler(sig)
         await worker.stop()
+
+
+def _first_block(cfg: HostConfig, client: ChainClient, addresses: dict[str, str]) -> int:
+    """Where the worker's event scans start: the deployment record's first block, else
+    the block the JobMarketplace was deployed in (found on chain)."""
+    if cfg.addresses is None and cfg.chain_id is not None:
+        from fabstir.chain.deployments import load_deployment
+
+        return load_deployment(cfg.chain_id, cfg.deployments_dir).first_block
+    return deployment_block(client, addresses["JobMarketplace"])
