@@ -227,16 +227,62 @@ class ManagerBase:
         erc20 = self._sdk.chain.contract("USDC", token.address)
         return int(self._call(erc20.functions.balanceOf(owner), f"{token.symbol}.balanceOf"))
 
+    def _send_pulling(
+        self,
+        token: Token,
+        spender: str,
+        amount: int,
+        fn: Any,
+        what: str,
+        *,
+        value: int = 0,
+    ) -> tuple[TxResult, str | None]:
+        """Send `fn`, which makes `spender` pull `amount` of `token` from the signer,
+        approving first when the allowance left for it is short. Safe to call from
+        several threads at once (see fabstir.sdk.allowances). Returns the result and
+        the approval's tx hash (None when none was needed)."""
+        sender = self._sdk._require_sender(what)
+        book = self._sdk.allowances
+        pulled = 0 if token.is_eth else amount
+        with book.lock:
+            approval = self._ensure_allowance(
+                token,
+                str(sender.address),
+                spender,
+                amount,
+                what,
+                in_flight=book.pending(token.address, spender),
+            )
+            log.debug("sending %s from %s (value %d)", what, sender.address, value)
+            with translate_errors(what):
+                rec = sender.submit(fn, value=value, what=what)
+            book.add(token.address, spender, pulled)
+        try:
+            with translate_errors(what):
+                result = sender.wait(rec)
+        finally:
+            book.release(token.address, spender, pulled)
+        log.info("%s: tx %s (gas %d)", what, result.tx_hash, result.gas_used)
+        return result, approval
+
     def _ensure_allowance(
-        self, token: Token, owner: str, spender: str, amount: int, what: str
+        self,
+        token: Token,
+        owner: str,
+        spender: str,
+        amount: int,
+        what: str,
+        *,
+        in_flight: int = 0,
     ) -> str | None:
-        """Approve `spender` for `amount` of `token` if the allowance is short.
-        Returns the approval's tx hash, or None when none was needed."""
+        """Approve `spender` for `amount` of `token` if the allowance, less what
+        `in_flight` pulls will still take, is short. Returns the approval's tx hash,
+        or None when none was needed."""
         if token.is_eth or amount == 0:
             return None
         erc20 = self._sdk.chain.contract("USDC", token.address)
         allowance = int(self._call(erc20.functions.allowance(owner, spender), "allowance"))
-        if allowance >= amount:
+        if allowance - in_flight >= amount:
             return None
         try:
             result = self._send(

@@ -159,10 +159,12 @@ class PaymentManager(ManagerBase):
                 required=value,
             )
         marketplace = self._sdk.get_contract_address("JobMarketplace")
-        self._ensure_allowance(tok, me, marketplace, value, what)
         market = self._contract("JobMarketplace")
         fn = market.functions.deposit(tok.address, value)
-        return self._send(fn, f"deposit {tok.symbol}", value=value if tok.is_eth else 0).tx_hash
+        result, _ = self._send_pulling(
+            tok, marketplace, value, fn, f"deposit {tok.symbol}", value=value if tok.is_eth else 0
+        )
+        return result.tx_hash
 
     def withdraw(self, amount: str | None = None, token: str | None = "USDC") -> str:
         """Take `amount` (None: all) of the in-contract balance back to the wallet.

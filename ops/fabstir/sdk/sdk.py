@@ -26,6 +26,7 @@ from fabstir.chain.client import ChainClient, RetryPolicy
 from fabstir.chain.transactions import TxSender
 from fabstir.protocol.receipts import Eip712Domain, same_address
 from fabstir.sdk._base import ZERO_ADDRESS, Token, check_address, translate_errors
+from fabstir.sdk.allowances import AllowanceBook
 from fabstir.sdk.config import CONTRACT_NAMES, SDKConfig, canonical_contract_name
 from fabstir.sdk.constants import ETH_DECIMALS
 from fabstir.sdk.errors import SDKError, SDKErrorCode
@@ -75,6 +76,8 @@ class FabstirSDK:
         self._chain_checked = False
         self._account: LocalAccount | None = None
         self._sender: TxSender | None = None
+        #: Token pulls in flight from this signer (concurrent approvals stay exact).
+        self.allowances = AllowanceBook()
         self._managers: dict[str, Any] = {}
         self._tokens: dict[str, Token] = {}
         self._configure_logging()

@@ -175,17 +175,53 @@ class SessionManager:
             model_id=model_id,
             session_key=key.address,
         )
-        info = await asyncio.to_thread(jobs.wait_for_session, result.session_id)
-        if host_url is None:
-            host_info = await asyncio.to_thread(
-                self._sdk.get_host_manager().get_host_info, info.host
-            )
-            host_url = host_info.api_url
-        live = _Live(info, key, ReceiptSigner(key.key, self._sdk.receipt_domain()), host_url)
-        self._live[info.session_id] = live
-        await self._save(live)
-        await self._connect(live)
+        try:
+            info = await asyncio.to_thread(jobs.wait_for_session, result.session_id)
+            if host_url is None:
+                host_info = await asyncio.to_thread(
+                    self._sdk.get_host_manager().get_host_info, info.host
+                )
+                host_url = host_info.api_url
+            live = _Live(info, key, ReceiptSigner(key.key, self._sdk.receipt_domain()), host_url)
+            self._live[info.session_id] = live
+            await self._save(live)
+            await self._connect(live)
+        except Exception as exc:
+            # The escrow exists on chain but the session cannot be used: close it
+            # (and say so) rather than leave the deposit locked until expiry.
+            self._live.pop(result.session_id, None)
+            raise await self._orphaned(result.session_id, result.tx_hash, exc) from exc
         return StartedSession(info.session_id, result.tx_hash, host_url, result.deposit)
+
+    async def _orphaned(self, session_id: int, tx_hash: str, cause: Exception) -> SDKError:
+        """The error for a session opened on chain that start_session could not use,
+        after asking the chain to close it (the escrow comes back once the host's
+        settlement window has passed and anyone finalizes)."""
+        jobs = self._sdk.get_session_job_manager()
+        details: dict[str, Any] = {"session_id": session_id, "create_tx": tx_hash}
+        try:
+            close_tx = await asyncio.to_thread(jobs.request_close, session_id)
+        except Exception as close_exc:  # the close failing must not hide the cause
+            details["close_error"] = str(close_exc)
+            what = (
+                f"it is still open (closing failed: {close_exc}); close it with "
+                f"`fabstir session close {session_id}`"
+            )
+        else:
+            details["close_tx"] = close_tx
+            what = (
+                f"the SDK requested its close ({close_tx}); the deposit returns to your "
+                "in-contract balance when it is finalized after the settlement window"
+            )
+        code = cause.code if isinstance(cause, SDKError) else SDKErrorCode.TRANSACTION_FAILED
+        message = cause.message if isinstance(cause, SDKError) else str(cause)
+        if isinstance(cause, SDKError):
+            details = {**cause.details, **details}
+        return SDKError(
+            code,
+            f"{message}; session {session_id} was opened on chain ({tx_hash}): {what}",
+            details,
+        )
 
     # ---------------------------------------------------------------- prompts
 

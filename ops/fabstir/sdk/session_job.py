@@ -263,9 +263,6 @@ class SessionJobManager(ManagerBase):
         key = ZERO_ADDRESS if session_key is None else check_address(session_key, "session_key")
         plan = self._plan_session(me, host, token, deposit, config, model_id)
 
-        approval = self._ensure_allowance(
-            token, me, self._sdk.get_contract_address("JobMarketplace"), plan["missing"], what
-        )
         market = self._contract("JobMarketplace")
         fn = market.functions.createSessionFromWallet(
             host,
@@ -277,7 +274,14 @@ class SessionJobManager(ManagerBase):
             config.proof_interval,
             key,
         )
-        result = self._send(fn, what, value=plan["missing"] if token.is_eth else 0)
+        result, approval = self._send_pulling(
+            token,
+            self._sdk.get_contract_address("JobMarketplace"),
+            plan["missing"],
+            fn,
+            what,
+            value=plan["missing"] if token.is_eth else 0,
+        )
         events = market.events.SessionCreated().process_receipt(result.receipt, errors=DISCARD)
         if not events:  # pragma: no cover - the contract always emits it
             fail(
