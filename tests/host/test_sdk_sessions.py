@@ -182,6 +182,18 @@ def test_unreachable_host_leaves_nothing_stuck(
     info = hostenv.session(sid)
     assert info.status == int(SessionStatus.CLOSING) and info.tokensUsed == 0
 
+    async def keep_open() -> Any:
+        with pytest.raises(SDKError) as refused:
+            await sessions.start_session(
+                _model(hostenv), hostenv.host.address, CONFIG, dead, close_on_failure=False
+            )
+        return refused.value
+
+    kept = run(keep_open())
+    assert kept.details["session_id"] == sid + 1 and "close_tx" not in kept.details
+    assert "still open" in kept.message
+    assert hostenv.session(sid + 1).status == int(SessionStatus.ACTIVE)
+
 
 def test_host_lying_about_the_transcript_gets_no_receipt(
     hostenv: HostEnv, make_sdk: Callable[[], FabstirSDK]

@@ -12,7 +12,18 @@ from typing import Any
 import click
 
 from fabstir import __version__
-from fabstir.cli import chain, demo, deploy, host, models, serve, session, treasury, wallet
+from fabstir.cli import (
+    chain,
+    demo,
+    deploy,
+    host,
+    models,
+    operator,
+    serve,
+    session,
+    treasury,
+    wallet,
+)
 from fabstir.cli.context import (
     ENV_ACCOUNT,
     ENV_NETWORK,
@@ -120,4 +131,7 @@ main.add_command(wallet.withdraw)
 main.add_command(treasury.treasury)
 
 host.host.add_command(serve.serve)
+host.host.add_command(operator.settle)
+session.session.add_command(operator.finalize)
+main.add_command(operator.admin)
 main.add_command(demo.demo)

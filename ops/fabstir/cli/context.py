@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,10 +81,11 @@ def one_line(text: object) -> str:
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the user (or their chain) got something wrong": they
     end the command with a one-line reason instead of a traceback."""
-    from fabstir.chain.client import ChainError, ChainUnavailable
+    from fabstir.chain.client import ChainError, ChainUnavailable, TxPending
     from fabstir.chain.deploy import DeployError
     from fabstir.chain.deployments import DeploymentError
     from fabstir.chain.local import LocalChainError
+    from fabstir.chain.logscan import LogScanError
     from fabstir.chain.params import ParamsError
     from fabstir.chain.seed import NotLocalChain
     from fabstir.demo import DemoError
@@ -98,6 +97,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         SDKError,
         ChainError,
         ChainUnavailable,
+        TxPending,
+        LogScanError,
         DeployError,
         DeploymentError,
         LocalChainError,
@@ -196,19 +197,30 @@ def check_network_spec(value: str) -> str:
 
 
 def rpc_chain_id(url: str, display: str, timeout: float = 10.0) -> int:
-    """Ask the RPC for its chain id (fails fast, with a one-line reason)."""
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
-    request = urllib.request.Request(
-        url, data=body.encode(), headers={"Content-Type": "application/json"}
+    """Ask the RPC for its chain id, with a one-line reason when it cannot.
+
+    A public RPC throttles (429 with Retry-After) or hiccups (5xx, a cut answer):
+    those are retried, honouring Retry-After; nothing listening fails at once.
+    """
+    from web3.types import RPCEndpoint
+
+    from fabstir.chain.rpc import FailoverHTTPProvider, RpcRetry, RpcUnavailable
+
+    provider = FailoverHTTPProvider(
+        url, timeout=timeout, retry=RpcRetry(attempts=6, max_delay=2.0, max_retry_after=10.0)
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer = json.loads(response.read())
+        answer = provider.make_request(RPCEndpoint("eth_chainId"), [])
+    except RpcUnavailable:
+        # The provider's own message names the URL (which may hold an API key).
+        reason = provider.failures[-1][1] if provider.failures else "no answer"
+        raise CliError(f"cannot reach the RPC of {display}: {reason}") from None
+    try:
         return int(answer["result"], 16)
-    except urllib.error.URLError as exc:
-        raise CliError(f"cannot reach the RPC of {display}: {exc.reason}") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CliError(f"the RPC of {display} did not answer eth_chainId: {exc}") from None
+    except (KeyError, TypeError, ValueError):
+        raise CliError(
+            f"the RPC of {display} did not answer eth_chainId: {answer.get('error', answer)}"
+        ) from None
 
 
 def resolve_network(spec: str) -> Network:

@@ -153,6 +153,7 @@ class SessionManager:
         host_url: str | None = None,
         *,
         payment_token: str = "USDC",
+        close_on_failure: bool = True,
     ) -> StartedSession:
         """Escrow the deposit and open a session with host `provider` for `model_id`.
 
@@ -162,6 +163,11 @@ class SessionManager:
         SessionJobManager.create_session_job), and WEBSOCKET_CONNECTION_FAILED /
         INVALID_PROOF / MODEL_MISMATCH if the host cannot be reached or is not who
         the chain says it is.
+
+        A failure after the session was created on chain names it in the error
+        (`details["session_id"]`) and, with `close_on_failure` (default), requests
+        its close so the deposit is not locked until expiry (`details["close_tx"]`).
+        Without it the session stays open for `resume_session`.
         """
         self._sdk.require_signer("start_session")
         key: LocalAccount = Account.create()
@@ -190,29 +196,22 @@ class SessionManager:
             # The escrow exists on chain but the session cannot be used: close it
             # (and say so) rather than leave the deposit locked until expiry.
             self._live.pop(result.session_id, None)
-            raise await self._orphaned(result.session_id, result.tx_hash, exc) from exc
+            raise await self._orphaned(
+                result.session_id, result.tx_hash, exc, close=close_on_failure
+            ) from exc
         return StartedSession(info.session_id, result.tx_hash, host_url, result.deposit)
 
-    async def _orphaned(self, session_id: int, tx_hash: str, cause: Exception) -> SDKError:
+    async def _orphaned(
+        self, session_id: int, tx_hash: str, cause: Exception, *, close: bool
+    ) -> SDKError:
         """The error for a session opened on chain that start_session could not use,
-        after asking the chain to close it (the escrow comes back once the host's
-        settlement window has passed and anyone finalizes)."""
-        jobs = self._sdk.get_session_job_manager()
+        after asking the chain to close it when `close` (the escrow comes back once
+        the host's settlement window has passed and anyone finalizes)."""
         details: dict[str, Any] = {"session_id": session_id, "create_tx": tx_hash}
-        try:
-            close_tx = await asyncio.to_thread(jobs.request_close, session_id)
-        except Exception as close_exc:  # the close failing must not hide the cause
-            details["close_error"] = str(close_exc)
-            what = (
-                f"it is still open (closing failed: {close_exc}); close it with "
-                f"`fabstir session close {session_id}`"
-            )
+        if close:
+            what = await self._close_orphan(session_id, details)
         else:
-            details["close_tx"] = close_tx
-            what = (
-                f"the SDK requested its close ({close_tx}); the deposit returns to your "
-                "in-contract balance when it is finalized after the settlement window"
-            )
+            what = f"it is still open: resume_session({session_id}) or close it"
         code = cause.code if isinstance(cause, SDKError) else SDKErrorCode.TRANSACTION_FAILED
         message = cause.message if isinstance(cause, SDKError) else str(cause)
         if isinstance(cause, SDKError):
@@ -221,6 +220,22 @@ class SessionManager:
             code,
             f"{message}; session {session_id} was opened on chain ({tx_hash}): {what}",
             details,
+        )
+
+    async def _close_orphan(self, session_id: int, details: dict[str, Any]) -> str:
+        jobs = self._sdk.get_session_job_manager()
+        try:
+            close_tx = await asyncio.to_thread(jobs.request_close, session_id)
+        except Exception as close_exc:  # the close failing must not hide the cause
+            details["close_error"] = str(close_exc)
+            return (
+                f"it is still open (closing failed: {close_exc}); close it with "
+                f"`fabstir session close {session_id}`"
+            )
+        details["close_tx"] = close_tx
+        return (
+            f"the SDK requested its close ({close_tx}); the deposit returns to your "
+            "in-contract balance when it is finalized after the settlement window"
         )
 
     # ---------------------------------------------------------------- prompts
