@@ -132,6 +132,9 @@ class _Slot:
 
     tx: dict[str, Any] | None
     versions: list[SentTx] = field(default_factory=list)
+    #: When it was last sent, re-sent or replaced (monotonic): waits that come and
+    #: go (one per settlement pass) still replace a transaction that sits too long.
+    pushed_at: float = field(default_factory=time.monotonic)
 
 
 def _hex(value: Any) -> str:
@@ -210,16 +213,16 @@ class TxSender:
                 del self._slots[nonce]
             raise ChainError("Rejected", (), f"{what}: nonces kept being taken by other senders")
 
-    def wait(self, rec: SentTx) -> TxResult:
+    def wait(self, rec: SentTx, *, timeout: float | None = None) -> TxResult:
         """Wait for `rec` (or a replacement of it) to be mined with enough confirmations,
-        re-sending, replacing and filling gaps as needed."""
+        re-sending, replacing and filling gaps as needed; at most `timeout` seconds
+        (default receipt_timeout), then TxPending (it stays tracked: wait again)."""
         nonce = rec.nonce
         with self._lock:
             slot = self._slots.setdefault(nonce, _Slot(None, [rec]))
             if not slot.versions:
                 slot.versions.append(rec)
-        deadline = time.monotonic() + self.receipt_timeout
-        last_push = time.monotonic()
+        deadline = time.monotonic() + (self.receipt_timeout if timeout is None else timeout)
         outage: ChainUnavailable | None = None
         while True:
             if self._stop.is_set():
@@ -233,10 +236,10 @@ class TxSender:
                         with self._lock:
                             self._slots.pop(nonce, None)
                         return self._result(version, receipt)
-                    last_push = time.monotonic()  # mined: wait for confirmations only
-                elif time.monotonic() - last_push >= self.replace_after:
+                    slot.pushed_at = time.monotonic()  # mined: wait for confirmations only
+                elif time.monotonic() - slot.pushed_at >= self.replace_after:
                     self._unstick(nonce)
-                    last_push = time.monotonic()
+                    slot.pushed_at = time.monotonic()
             except ChainUnavailable as exc:
                 outage = exc
             if time.monotonic() > deadline:
@@ -245,8 +248,8 @@ class TxSender:
                         f"{rec.what}: RPC unreachable while waiting for {rec.tx_hash}: {outage}"
                     ) from outage
                 raise TxPending(
-                    f"{rec.what}: transaction {rec.tx_hash} (nonce {nonce}) not mined within "
-                    f"{self.receipt_timeout:g}s",
+                    f"{rec.what}: transaction {self._hashes(nonce)[-1]} (nonce {nonce}) "
+                    "not mined yet",
                     self._hashes(nonce),
                     nonce,
                 )
@@ -512,3 +515,19 @@ class TxSender:
         return TxResult(
             version.tx_hash, int(receipt["gasUsed"]), int(receipt["blockNumber"]), receipt
         )
+
+
+def fee_policy_for_chain(chain_id: int) -> FeePolicy:
+    """The fee policy of a chain's params file (deployments/params/<network>.json,
+    its `gas` block: tip, multiplier, cap); local chains price as the node suggests."""
+    from fabstir.chain.local import LOCAL_CHAIN_ID
+    from fabstir.chain.params import DEFAULT_PARAMS_BY_CHAIN, ParamsError, load_params_file
+
+    name = DEFAULT_PARAMS_BY_CHAIN.get(chain_id)
+    if name is None or chain_id in (LOCAL_CHAIN_ID, 1337):
+        return FeePolicy()
+    try:
+        return FeePolicy.from_gas_config(load_params_file(name).gas)
+    except (ParamsError, OSError, ValueError) as exc:
+        log.warning("no fee policy for chain %d (%s); using the node's suggestion", chain_id, exc)
+        return FeePolicy()

@@ -178,6 +178,8 @@ class HostChain:
         self.sender = sender
         #: Where event scans start: the deployment's first block.
         self.first_block = first_block
+        #: How long a settlement pass waits on an earlier, still pending settlement.
+        self.pending_wait = 2.0
         self.address: str = sender.address
         self.marketplace = client.contract("JobMarketplace")
         self.model_registry = client.contract("ModelRegistry")
@@ -284,11 +286,32 @@ class HostChain:
     async def settle_batch(self, items: Sequence[SettleItem]) -> BatchResult:
         """One settleBatch transaction; per-item outcomes from its events.
 
-        Raises ChainUnavailable (RPC down through every retry) or ChainError (the
-        whole transaction reverted or was rejected).
+        Raises ChainUnavailable (RPC down through every retry), ChainError (the
+        whole transaction reverted or was rejected) or TxPending (sent, not mined
+        yet: stuck behind a fee or a gap; the sender keeps pushing it).
         """
 
         def run() -> BatchResult:
+            earlier: str | None = None
+            for pending in self.sender.pending():
+                # A settlement from an earlier pass is still unmined: never send a
+                # second one beside it. Its wait re-sends or replaces it as needed;
+                # still pending -> TxPending (the pass fails, not the loop).
+                earlier = self.sender.wait(pending, timeout=self.pending_wait).tx_hash
+            if earlier is not None:
+                # It is mined now: report what it settled (the rest goes next pass),
+                # never a second transaction for the same sessions.
+                sessions = {i.session_id: self._get_session(i.session_id) for i in items}
+                done = {
+                    sid: s.tokens_used
+                    for sid, s in sessions.items()
+                    if s is not None and s.status == Status.SETTLED
+                }
+                if done:
+                    return BatchResult(earlier, 0, dict.fromkeys(done, Outcome.OK), done)
+            return run_batch(items)
+
+        def run_batch(items: Sequence[SettleItem]) -> BatchResult:
             fn = self.marketplace.functions.settleBatch([i.as_tuple() for i in items])
             result = self.sender.send(fn, what=f"settleBatch({len(items)})")
             skipped = self.marketplace.events.BatchItemSkipped().process_receipt(

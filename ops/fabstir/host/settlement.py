@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from fabstir.chain.client import ChainError, ChainUnavailable
+from fabstir.chain.client import ChainError, ChainUnavailable, TxPending
 from fabstir.host.chain import HostChain, OnChainSession, Outcome, SettleItem, Status
 from fabstir.host.metrics import HostMetrics, kv
 from fabstir.host.store import SessionRecord, SessionStore
@@ -152,6 +152,11 @@ class SettlementLoop:
                 if poll_chain:
                     await self._poll_chain()
                 await self._settle_closing()
+            except TxPending as exc:
+                # Sent but not mined (a fee spike, a gap): not an outage. The sender
+                # re-sends / replaces it; the next pass waits for it, sends no other.
+                self._failed(f"settlement transaction pending: {exc}")
+                return False
             except ChainUnavailable as exc:
                 self._failed(f"chain unreachable: {exc}")
                 return False
@@ -272,7 +277,9 @@ class SettlementLoop:
         stale: list[int] = []
         for rec, item in zip(records, items, strict=True):
             sid = rec.session_id
-            outcome = result.outcomes.get(sid, Outcome.OK)
+            if sid not in result.outcomes:
+                continue  # an earlier, pending settlement was reported instead: next pass
+            outcome = result.outcomes[sid]
             if outcome == Outcome.OK:
                 tokens = result.settled_tokens.get(sid, item.tokens_used)
                 await self.store.mark_settled(sid, tx=result.tx_hash, tokens=tokens)

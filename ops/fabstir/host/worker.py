@@ -26,7 +26,7 @@ from typing import Any
 from fabstir import models
 from fabstir.chain.client import ChainClient, RetryPolicy
 from fabstir.chain.logscan import deployment_block
-from fabstir.chain.transactions import TxSender
+from fabstir.chain.transactions import TxSender, fee_policy_for_chain
 from fabstir.host.chain import HostChain, ModelStatus
 from fabstir.host.config import ConfigError, HostConfig
 from fabstir.host.engine import Engine, LlamaBatchEngine
@@ -109,7 +109,15 @@ class HostWorker:
             timeout=cfg.rpc_timeout,
             retry=RetryPolicy(attempts=cfg.rpc_retry_attempts),
         )
-        sender = TxSender(client, cfg.private_key)
+        # A settlement not mined within receipt_timeout fails its pass (TxPending)
+        # and is picked up by the next one, so the loop never blocks for long.
+        sender = TxSender(
+            client,
+            cfg.private_key,
+            receipt_timeout=30.0,
+            replace_after=15.0,
+            fees=await asyncio.to_thread(lambda: fee_policy_for_chain(client.chain_id)),
+        )
         first_block = await asyncio.to_thread(_first_block, cfg, client, addresses)
         chain = self.chain = HostChain(client, sender, first_block=first_block)
         self.address = chain.address
@@ -239,6 +247,15 @@ class HostWorker:
                 return
             self._state = "stopping"
             log.info(kv("shutting_down"))
+            # A transaction wait must not outlive the shutdown timeout (a stuck
+            # settlement): past it, every wait ends with TxPending at once.
+            abort = (
+                asyncio.get_running_loop().call_later(
+                    self.config.shutdown_timeout, self.chain.sender.abort
+                )
+                if self.chain is not None
+                else None
+            )
             if self.server is not None:
                 await self.server.shutdown()
             if self.settlement is not None:
@@ -252,6 +269,8 @@ class HostWorker:
                     logging.INFO if done else logging.WARNING,
                     kv("final_settlement", done=done, still_closing=left),
                 )
+            if abort is not None:
+                abort.cancel()
             if self.engine is not None and self._given_engine is None:
                 await self.engine.aclose()
             if self.store is not None:

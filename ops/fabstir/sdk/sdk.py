@@ -23,7 +23,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 
 from fabstir.chain.client import ChainClient, RetryPolicy
-from fabstir.chain.transactions import TxSender
+from fabstir.chain.transactions import TxSender, fee_policy_for_chain
 from fabstir.protocol.receipts import Eip712Domain, same_address
 from fabstir.sdk._base import ZERO_ADDRESS, Token, check_address, translate_errors
 from fabstir.sdk.allowances import AllowanceBook
@@ -303,7 +303,10 @@ class FabstirSDK:
                 )
             if self._sender is None:
                 self._sender = TxSender(
-                    self.chain, self._account.key, receipt_timeout=self.config.receipt_timeout
+                    self.chain,
+                    self._account.key,
+                    receipt_timeout=self.config.receipt_timeout,
+                    fees=fee_policy_for_chain(self.config.chain_id),
                 )
             return self._sender
 
