@@ -238,3 +238,29 @@ def test_fee_policy_prices_and_bumps_within_the_cap() -> None:
     assert FeePolicy().bump(0, 0, 0) == (1, 1)  # zero fees still rise
     with pytest.raises(ValueError):
         FeePolicy(bump_percent=10)
+
+
+def test_journal_and_adopt_after_a_crash(ns: Any, make_client: Any, tmp_path: Any) -> None:
+    from fabstir.chain.txjournal import TxJournal
+
+    journal = TxJournal(tmp_path / "host.db.txlog")
+    rpc(ns.url, "evm_setAutomine", False)
+    first = TxSender(make_client(ns.url), ns.key, on_sent=journal.append)
+    rec = first.submit(mint(first, 6), what="settle")
+    with journal.path.open("a") as f:
+        f.write('{"tx_hash": "0xtorn')  # the crash cut the last line short
+    rpc(ns.url, "anvil_dropTransaction", rec.tx_hash)
+
+    restarted = TxSender(make_client(ns.url), ns.key, receipt_timeout=10)
+    records = journal.load()
+    assert records == [rec]
+    assert restarted.adopt(records) == [rec]
+    assert restarted.pending() == [rec]
+    assert ns.w3.eth.get_transaction(rec.tx_hash)["nonce"] == 0  # re-sent as signed
+    rpc(ns.url, "evm_setAutomine", True)
+    rpc(ns.url, "evm_mine")
+    assert restarted.wait(rec).tx_hash == rec.tx_hash
+    assert restarted.adopt(journal.load()) == []  # mined: nothing left to adopt
+    journal.keep([])
+    assert journal.load() == []
+    assert nonce_of(ns) == 1 and minted(ns) == 6

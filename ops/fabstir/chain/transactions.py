@@ -279,6 +279,33 @@ class TxSender:
                 self._broadcast(newest)
         return self.wait(records[-1])
 
+    def adopt(self, records: Sequence[SentTx]) -> list[SentTx]:
+        """Take over transactions recorded by an earlier run of this key (a crash):
+        those whose nonce the chain has not used yet are tracked again, and re-sent
+        as signed when the node forgot them. Returns what is still unfinished (all
+        versions); `pending()` / `wait()` then pick them up. Nothing is signed."""
+        mine = [r for r in records if r.sender.lower() == str(self.address).lower()]
+        if not mine:
+            return []
+        latest = self._count("latest")
+        open_ = [r for r in mine if r.nonce >= latest]
+        by_nonce: dict[int, list[SentTx]] = {}
+        for r in open_:
+            by_nonce.setdefault(r.nonce, []).append(r)
+        for nonce, versions in sorted(by_nonce.items()):
+            with self._lock:
+                slot = self._slots.setdefault(nonce, _Slot(None, []))
+                known = {v.tx_hash for v in slot.versions}
+                slot.versions.extend(v for v in versions if v.tx_hash not in known)
+            if all(self._lookup(v.tx_hash) == "unknown" for v in versions):
+                log.warning(
+                    "%s: recorded %s unknown to the node; re-sending it",
+                    versions[-1].what,
+                    versions[-1].tx_hash,
+                )
+                self._broadcast(versions[-1])
+        return open_
+
     def pending(self) -> list[SentTx]:
         """The newest version of every transaction sent and not yet seen mined."""
         with self._lock:

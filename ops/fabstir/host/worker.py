@@ -27,6 +27,7 @@ from fabstir import models
 from fabstir.chain.client import ChainClient, RetryPolicy
 from fabstir.chain.logscan import deployment_block
 from fabstir.chain.transactions import TxSender, fee_policy_for_chain
+from fabstir.chain.txjournal import TxJournal
 from fabstir.host.chain import HostChain, ModelStatus
 from fabstir.host.config import ConfigError, HostConfig
 from fabstir.host.engine import Engine, LlamaBatchEngine
@@ -111,13 +112,22 @@ class HostWorker:
         )
         # A settlement not mined within receipt_timeout fails its pass (TxPending)
         # and is picked up by the next one, so the loop never blocks for long.
+        # Every settlement is journalled before it is sent; after a crash the
+        # journal's unfinished ones are adopted (found by hash, re-sent as signed),
+        # so a restart never sends a second settlement beside a pending one.
+        journal = TxJournal(Path(f"{cfg.db_path}.txlog"))
         sender = TxSender(
             client,
             cfg.private_key,
             receipt_timeout=30.0,
             replace_after=15.0,
             fees=await asyncio.to_thread(lambda: fee_policy_for_chain(client.chain_id)),
+            on_sent=journal.append,
         )
+        unfinished = await asyncio.to_thread(sender.adopt, journal.load())
+        journal.keep(unfinished)
+        if unfinished:
+            log.warning(kv("adopted_pending_transactions", count=len(unfinished)))
         first_block = await asyncio.to_thread(_first_block, cfg, client, addresses)
         chain = self.chain = HostChain(client, sender, first_block=first_block)
         self.address = chain.address
