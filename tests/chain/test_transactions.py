@@ -264,3 +264,43 @@ def test_journal_and_adopt_after_a_crash(ns: Any, make_client: Any, tmp_path: An
     journal.keep([])
     assert journal.load() == []
     assert nonce_of(ns) == 1 and minted(ns) == 6
+
+
+def test_a_reorg_before_enough_confirmations_resends_it(ns: Any, make_client: Any) -> None:
+    sender = TxSender(
+        make_client(ns.url), ns.key, confirmations=3, receipt_timeout=20, replace_after=0.3,
+        poll_interval=0.1,
+    )  # fmt: skip
+    rec = sender.submit(mint(sender, 8), what="settle")  # automine: in a block at once
+    assert ns.w3.eth.get_transaction_receipt(rec.tx_hash) is not None
+    # The block holding it is replaced by an empty one: the transaction is gone.
+    rpc(ns.url, "anvil_reorg", 1, [])
+    assert minted(ns) == 0
+    stop = threading.Event()
+
+    def miner() -> None:
+        while not stop.wait(0.2):
+            rpc(ns.url, "evm_mine")
+
+    t = threading.Thread(target=miner)
+    t.start()
+    try:
+        result = sender.wait(rec)
+    finally:
+        stop.set()
+        t.join()
+    assert result.tx_hash == rec.tx_hash  # the same transaction, mined again
+    head = ns.w3.eth.block_number
+    assert head - result.block_number + 1 >= 3
+    assert nonce_of(ns) == 1 and minted(ns) == 8
+
+
+def test_fees_and_confirmations_per_network_come_from_the_params() -> None:
+    from fabstir.chain.params import load_params_file
+    from fabstir.chain.transactions import confirmations_for_chain, fee_policy_for_chain
+
+    gas = load_params_file("base-sepolia").gas
+    live = fee_policy_for_chain(84532)
+    assert live.max_fee_cap == gas.max_fee_cap_wei and live.tip == gas.max_priority_fee_wei
+    assert confirmations_for_chain(84532) == max(1, gas.confirmations)
+    assert fee_policy_for_chain(31337) == FeePolicy() and confirmations_for_chain(31337) == 1

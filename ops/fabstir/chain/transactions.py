@@ -558,3 +558,19 @@ def fee_policy_for_chain(chain_id: int) -> FeePolicy:
     except (ParamsError, OSError, ValueError) as exc:
         log.warning("no fee policy for chain %d (%s); using the node's suggestion", chain_id, exc)
         return FeePolicy()
+
+
+def confirmations_for_chain(chain_id: int) -> int:
+    """Blocks on top of a transaction before it counts as final on this chain: the
+    params file's `gas.confirmations` (a reorg deeper than that is not expected);
+    1 on local chains."""
+    from fabstir.chain.local import LOCAL_CHAIN_ID
+    from fabstir.chain.params import DEFAULT_PARAMS_BY_CHAIN, ParamsError, load_params_file
+
+    name = DEFAULT_PARAMS_BY_CHAIN.get(chain_id)
+    if name is None or chain_id in (LOCAL_CHAIN_ID, 1337):
+        return 1
+    try:
+        return max(1, load_params_file(name).gas.confirmations)
+    except (ParamsError, OSError, ValueError):
+        return 1

@@ -26,7 +26,7 @@ from typing import Any
 from fabstir import models
 from fabstir.chain.client import ChainClient, RetryPolicy
 from fabstir.chain.logscan import deployment_block
-from fabstir.chain.transactions import TxSender, fee_policy_for_chain
+from fabstir.chain.transactions import TxSender, confirmations_for_chain, fee_policy_for_chain
 from fabstir.chain.txjournal import TxJournal
 from fabstir.host.chain import HostChain, ModelStatus
 from fabstir.host.config import ConfigError, HostConfig
@@ -123,6 +123,8 @@ class HostWorker:
             replace_after=15.0,
             fees=await asyncio.to_thread(lambda: fee_policy_for_chain(client.chain_id)),
             on_sent=journal.append,
+            # Settled means final: a reorg before this depth re-sends the same tx.
+            confirmations=confirmations_for_chain(client.chain_id),
         )
         unfinished = await asyncio.to_thread(sender.adopt, journal.load())
         journal.keep(unfinished)
