@@ -279,6 +279,26 @@ class TxSender:
                 self._broadcast(newest)
         return self.wait(records[-1])
 
+    def estimate(self, fn: Any, *, value: int = 0) -> Any:
+        """What sending `fn` now would cost at most (`fabstir.chain.l1fee.TxCost`: L2 gas
+        at the max fee plus, on Base, the L1 data fee). Signs and sends nothing."""
+        from fabstir.chain.l1fee import tx_cost
+
+        max_fee, tip = self._price()
+        params: dict[str, Any] = {
+            "from": self.address,
+            "value": value,
+            "chainId": self.client.chain_id,
+            "nonce": self._count("pending"),
+            "maxFeePerGas": max_fee,
+            "maxPriorityFeePerGas": tip,
+        }
+        try:
+            tx = self.client.retry.run(lambda: fn.build_transaction(params), "estimate")
+        except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
+            raise self.client.errors.from_exception(exc) from exc
+        return tx_cost(self.client, tx)
+
     def adopt(self, records: Sequence[SentTx]) -> list[SentTx]:
         """Take over transactions recorded by an earlier run of this key (a crash):
         those whose nonce the chain has not used yet are tracked again, and re-sent
