@@ -94,3 +94,14 @@ def test_session_lists_through_capped_log_ranges(env: SimpleNamespace, make_sdk:
         found = capped.get_session_job_manager().get_sessions_of_user()
         assert proxy.injected["logs_refused"] >= 1
     assert [s.session_id for s in found] == [o.session_id for o in opened]
+
+
+def test_rpc_urls_fail_over(env: SimpleNamespace, make_sdk: MakeSdk) -> None:
+    from fabstir.chain.local import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    sdk = make_sdk(env.alice, rpc_url=f"{dead},{env.rpc_url}")
+    assert sdk.chain.rpc_urls == [dead, env.rpc_url]
+    balance = sdk.get_payment_manager().get_token_balance("USDC")
+    assert balance == "100.0"
+    assert sdk.chain.provider.endpoint_uri == env.rpc_url  # moved past the dead one
