@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--chain-poll-interval", type=float, default=30.0)
     st.add_argument("--idle-timeout", type=float, default=900.0)
     st.add_argument("--expiry-margin", type=float, default=30.0)
+    st.add_argument(
+        "--post-receipt-value",
+        type=int,
+        default=None,
+        help="post the newest receipt once a session's unposted value reaches this "
+        "(token's smallest unit): bounds what is lost if the host stays offline",
+    )
     st.add_argument("--shutdown-timeout", type=float, default=60.0)
 
     lg = p.add_argument_group("logging")
@@ -132,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> HostConfig:
         chain_poll_interval=args.chain_poll_interval,
         idle_session_timeout=args.idle_timeout,
         expiry_margin=args.expiry_margin,
+        post_receipt_value=args.post_receipt_value,
         shutdown_timeout=args.shutdown_timeout,
         rpc_retry_attempts=args.rpc_retries,
         system_prompt=args.system_prompt or None,

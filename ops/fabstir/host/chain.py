@@ -283,6 +283,16 @@ class HostChain:
 
     # -- settlement
 
+    async def submit_checkpoint(self, item: SettleItem) -> str:
+        """Record a receipt on chain without settling (JobMarketplace.submitCheckpoint);
+        returns the tx hash. Raises like settle_batch."""
+
+        def run() -> str:
+            fn = self.marketplace.functions.submitCheckpoint(*item.as_tuple())
+            return self.sender.send(fn, what=f"submitCheckpoint({item.session_id})").tx_hash
+
+        return await asyncio.to_thread(run)
+
     async def settle_batch(self, items: Sequence[SettleItem]) -> BatchResult:
         """One settleBatch transaction; per-item outcomes from its events.
 

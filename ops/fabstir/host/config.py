@@ -102,6 +102,12 @@ class HostConfig:
     expiry_margin: float = 30.0
     #: Longest the final settlement pass may take on shutdown.
     shutdown_timeout: float = 60.0
+    #: Value at risk: when a session's receipted but unposted tokens are worth at least
+    #: this much (in its payment token's smallest unit), the newest receipt is posted
+    #: on chain (submitCheckpoint) without ending the session, so a host that goes
+    #: offline past the settlement window loses at most this per session. None: only
+    #: at settlement.
+    post_receipt_value: int | None = None
     #: Attempts of each RPC call before the chain counts as unavailable.
     rpc_retry_attempts: int = 6
     rpc_timeout: float = 30.0
@@ -131,6 +137,8 @@ class HostConfig:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.post_receipt_value is not None and self.post_receipt_value <= 0:
+            raise ConfigError("post_receipt_value must be positive (or None)")
         if self.expiry_margin < 0 or self.settlement_coalesce < 0:
             raise ConfigError("expiry_margin and settlement_coalesce must not be negative")
         if self.rpc_retry_attempts < 1:

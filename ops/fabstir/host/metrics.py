@@ -173,6 +173,12 @@ class HostMetrics:
             "fabstir_host_settlement_failures_total",
             "Settlement passes that failed (RPC unreachable, transaction rejected).",
         )
+        self.unposted_value = r.gauge(
+            "fabstir_host_unposted_value",
+            "Value at risk: receipted tokens not yet on chain, times the price, summed over "
+            "open and closing sessions (payment token's smallest unit).",
+            ["token"],
+        )
         self.settlement_lag = r.gauge(
             "fabstir_host_settlement_lag_seconds",
             "Age of the oldest session waiting to be settled (0 when none waits).",

@@ -187,6 +187,7 @@ class HostWorker:
             coalesce=cfg.settlement_coalesce,
             idle_timeout=cfg.idle_session_timeout,
             expiry_margin=cfg.expiry_margin,
+            post_receipt_value=cfg.post_receipt_value,
         )
         settlement_box.append(self.settlement)
         await self.server.start()
