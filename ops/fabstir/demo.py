@@ -380,9 +380,14 @@ def _record(report: DemoReport, sdk: Any, step: str, tx_hash: str) -> None:
 
 
 def _record_settlement(report: DemoReport, sdk: Any) -> None:
+    from fabstir.chain.logscan import event_logs
+
     market = sdk.chain.contract("JobMarketplace")
-    logs = market.events.SessionSettled().get_logs(
-        from_block=0, argument_filters={"sessionId": report.session_id}
+    logs = event_logs(
+        sdk.chain,
+        market.events.SessionSettled(),
+        from_block=sdk.start_block(),
+        topics=["0x" + int(report.session_id).to_bytes(32, "big").hex()],
     )
     if len(logs) != 1:
         raise DemoError(f"settle: expected one SessionSettled event, found {len(logs)}")

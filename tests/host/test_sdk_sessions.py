@@ -170,15 +170,31 @@ def test_unreachable_host_leaves_nothing_stuck(
     async def scenario() -> Any:
         with pytest.raises(SDKError) as refused:
             await sessions.start_session(_model(hostenv), hostenv.host.address, CONFIG, dead)
-        assert refused.value.code is SDKErrorCode.WEBSOCKET_CONNECTION_FAILED
-        sid = int(hostenv.mk.sessionCount())  # escrowed before the host was tried
-        return await sessions.complete_session(sid, settle_timeout=0.5)
+        return refused.value
 
-    result = run(scenario())
-    # No host settled, so the client asked for the close on chain: after the window
-    # anyone may finalize and the whole deposit comes back.
-    assert not result.settled_by_host and result.close_tx_hash
-    assert result.status == SessionStatus.CLOSING and result.tokens_used == 0
+    error = run(scenario())
+    assert error.code is SDKErrorCode.WEBSOCKET_CONNECTION_FAILED
+    # Escrowed before the host was tried: the SDK closed what it could not use, and
+    # the error names the session and the close (after the window anyone may
+    # finalize and the whole deposit comes back).
+    sid = int(hostenv.mk.sessionCount())
+    assert error.details["session_id"] == sid and error.details["close_tx"]
+    assert f"session {sid} was opened on chain" in error.message
+    assert "requested its close" in error.message
+    info = hostenv.session(sid)
+    assert info.status == int(SessionStatus.CLOSING) and info.tokensUsed == 0
+
+    async def keep_open() -> Any:
+        with pytest.raises(SDKError) as refused:
+            await sessions.start_session(
+                _model(hostenv), hostenv.host.address, CONFIG, dead, close_on_failure=False
+            )
+        return refused.value
+
+    kept = run(keep_open())
+    assert kept.details["session_id"] == sid + 1 and "close_tx" not in kept.details
+    assert "still open" in kept.message
+    assert hostenv.session(sid + 1).status == int(SessionStatus.ACTIVE)
 
 
 def test_host_lying_about_the_transcript_gets_no_receipt(

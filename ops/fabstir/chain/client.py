@@ -8,17 +8,13 @@ compiler or ape's project machinery; ABIs come from `fabstir.chain.abi`.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import requests
 from eth_abi.abi import decode as abi_decode
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress
 from eth_utils.abi import function_signature_to_4byte_selector
 from eth_utils.address import to_checksum_address
 from web3 import Web3
@@ -29,11 +25,11 @@ from web3.exceptions import (
     ContractPanicError,
     ProviderConnectionError,
     TimeExhausted,
-    Web3RPCError,
 )
 
 from fabstir.chain.abi import CONTRACTS as ABI_CONTRACTS
 from fabstir.chain.abi import load_abi
+from fabstir.chain.rpc import FailoverHTTPProvider, RpcRetry, split_urls
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +58,17 @@ class ChainError(Exception):
 
 class ChainUnavailable(Exception):
     """The RPC endpoint stayed unreachable through every retry."""
+
+
+class TxPending(Exception):
+    """A transaction was sent (hash known) but is not mined yet: stuck behind a low fee,
+    a gap, or a slow node. Not an RPC outage: the transaction may still land, and
+    `TxSender.wait` / `TxSender.recover` pick it up again by its hash."""
+
+    def __init__(self, message: str, tx_hashes: Sequence[str], nonce: int) -> None:
+        super().__init__(message)
+        self.tx_hashes = list(tx_hashes)
+        self.nonce = nonce
 
 
 def _fmt(value: Any) -> str:
@@ -156,14 +163,25 @@ class ChainClient:
 
     def __init__(
         self,
-        rpc_url: str,
+        rpc_url: str | Sequence[str],
         addresses: dict[str, str],
         *,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
+        rpc_retry: RpcRetry | None = None,
     ) -> None:
-        self.rpc_url = rpc_url
-        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+        urls = split_urls(rpc_url)
+        # The first URL names the endpoint in messages; the provider fails over to the rest.
+        self.rpc_url = urls[0]
+        self.rpc_urls = urls
+        # Short rounds in the provider (each URL, Retry-After honoured), the longer
+        # backoff in `retry` above it: an outage is reported in seconds, not minutes.
+        self.provider = FailoverHTTPProvider(
+            urls,
+            timeout=timeout,
+            retry=rpc_retry or RpcRetry(attempts=max(3, 2 * len(urls)), max_delay=1.0),
+        )
+        self.w3 = Web3(self.provider)
         self.addresses = {k: to_checksum_address(v) for k, v in addresses.items()}
         self.retry = retry or RetryPolicy()
         self.errors = ErrorDecoder()
@@ -214,93 +232,4 @@ class ChainClient:
     def block_timestamp(self) -> int:
         return int(
             self.retry.run(lambda: self.w3.eth.get_block("latest")["timestamp"], "eth_getBlock")
-        )
-
-
-@dataclass(frozen=True)
-class TxResult:
-    tx_hash: str
-    gas_used: int
-    block_number: int
-    receipt: Any
-
-
-class TxSender:
-    """Sends transactions from one key with one nonce sequence (thread-safe).
-
-    Gas estimation runs first, so a call that would revert raises ChainError before
-    anything is signed and no nonce is used. A signed transaction is re-sent as is
-    when the node is unreachable (same hash: never a double spend), and the local
-    nonce resynchronises from the chain when the node says it is off.
-    """
-
-    def __init__(
-        self, client: ChainClient, private_key: str | bytes, *, receipt_timeout: float = 120.0
-    ) -> None:
-        self.client = client
-        self.account: LocalAccount = Account.from_key(private_key)
-        self.address: ChecksumAddress = self.account.address
-        self.receipt_timeout = receipt_timeout
-        self._lock = threading.Lock()
-        self._nonce: int | None = None
-
-    def _chain_nonce(self) -> int:
-        w3 = self.client.w3
-        return int(
-            self.client.retry.run(
-                lambda: w3.eth.get_transaction_count(self.address, "pending"), "nonce"
-            )
-        )
-
-    def _send_raw(self, raw: bytes, what: str) -> Any:
-        w3 = self.client.w3
-        return self.client.retry.run(lambda: w3.eth.send_raw_transaction(raw), f"{what}: send")
-
-    def send(self, fn: Any, *, value: int = 0, what: str = "transaction") -> TxResult:
-        """Estimate, sign, send and wait for `fn` (a bound web3 contract function)."""
-        w3 = self.client.w3
-        with self._lock:
-            if self._nonce is None:
-                self._nonce = self._chain_nonce()
-            params: dict[str, Any] = {
-                "from": self.address,
-                "value": value,
-                "chainId": self.client.chain_id,
-            }
-            for attempt in range(2):
-                params["nonce"] = self._nonce
-                try:
-                    tx = self.client.retry.run(
-                        lambda: fn.build_transaction(params), f"{what}: estimate"
-                    )
-                except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
-                    raise self.client.errors.from_exception(exc) from exc
-                raw: bytes = self.account.sign_transaction(tx).raw_transaction
-                try:
-                    tx_hash = self._send_raw(raw, what)
-                except Web3RPCError as exc:
-                    if "nonce" in str(exc).lower() and attempt == 0:
-                        log.warning("%s: nonce out of sync (%s); resyncing", what, exc)
-                        self._nonce = self._chain_nonce()
-                        continue
-                    raise ChainError(
-                        "Rejected", (), f"{what}: node rejected the transaction: {exc}"
-                    ) from exc
-                self._nonce += 1
-                break
-            else:  # pragma: no cover - the loop either breaks or raises
-                raise ChainError("Rejected", (), f"{what}: could not get a valid nonce")
-        receipt = self.client.retry.run(
-            lambda: w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout),
-            f"{what}: receipt",
-        )
-        if receipt["status"] != 1:
-            raise ChainError(
-                "Reverted", (), f"{what}: transaction {tx_hash.hex()} reverted on chain"
-            )
-        return TxResult(
-            "0x" + bytes(tx_hash).hex().removeprefix("0x"),
-            int(receipt["gasUsed"]),
-            int(receipt["blockNumber"]),
-            receipt,
         )

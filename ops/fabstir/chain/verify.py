@@ -111,22 +111,18 @@ def _hex(value: Any) -> str:
 def role_holders_from_logs(
     web3: Any, address: str, from_block: int, to_block: int, chunk: int = LOG_CHUNK
 ) -> dict[str, set[str]]:
-    """role id -> current holders, replaying RoleGranted/RoleRevoked of `address`."""
-    logs: list[Any] = []
-    start = from_block
-    while start <= to_block:
-        end = min(start + chunk - 1, to_block)
-        logs.extend(
-            web3.eth.get_logs(
-                {
-                    "address": to_checksum_address(address),
-                    "fromBlock": start,
-                    "toBlock": end,
-                    "topics": [[ROLE_GRANTED, ROLE_REVOKED]],
-                }
-            )
-        )
-        start = end + 1
+    """role id -> current holders, replaying RoleGranted/RoleRevoked of `address`
+    (a bounded scan: ranges the RPC refuses are shrunk, see fabstir.chain.logscan)."""
+    from fabstir.chain.logscan import LogRange, scan_logs
+
+    logs = scan_logs(
+        web3,
+        address=address,
+        topics=[[ROLE_GRANTED, ROLE_REVOKED]],
+        from_block=from_block,
+        to_block=to_block,
+        ranges=LogRange(initial=chunk, maximum=chunk),
+    )
     logs.sort(key=lambda lg: (int(lg["blockNumber"]), int(lg["logIndex"])))
     holders: dict[str, set[str]] = {}
     for lg in logs:

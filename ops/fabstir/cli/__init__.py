@@ -19,6 +19,7 @@ from fabstir.cli import (
     gateway,
     host,
     models,
+    operator,
     serve,
     session,
     treasury,
@@ -131,5 +132,8 @@ main.add_command(wallet.withdraw)
 main.add_command(treasury.treasury)
 
 host.host.add_command(serve.serve)
+host.host.add_command(operator.settle)
+session.session.add_command(operator.finalize)
+main.add_command(operator.admin)
 main.add_command(demo.demo)
 main.add_command(gateway.gateway)

@@ -33,7 +33,6 @@ import click
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from fabstir.chain.client import ChainClient, ChainUnavailable, RetryPolicy
 from fabstir.chain.local import LocalChain, test_private_key
 from fabstir.cli.output import Output
 
@@ -82,10 +81,11 @@ def one_line(text: object) -> str:
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the user (or their chain) got something wrong": they
     end the command with a one-line reason instead of a traceback."""
-    from fabstir.chain.client import ChainError, ChainUnavailable
+    from fabstir.chain.client import ChainError, ChainUnavailable, TxPending
     from fabstir.chain.deploy import DeployError
     from fabstir.chain.deployments import DeploymentError
     from fabstir.chain.local import LocalChainError
+    from fabstir.chain.logscan import LogScanError
     from fabstir.chain.params import ParamsError
     from fabstir.chain.seed import NotLocalChain
     from fabstir.demo import DemoError
@@ -97,6 +97,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         SDKError,
         ChainError,
         ChainUnavailable,
+        TxPending,
+        LogScanError,
         DeployError,
         DeploymentError,
         LocalChainError,
@@ -194,22 +196,31 @@ def check_network_spec(value: str) -> str:
     )
 
 
-_ERRNO_RE: Final = re.compile(r"\[Errno -?\d+\] [^'\")]+")
-
-
 def rpc_chain_id(url: str, display: str, timeout: float = 10.0) -> int:
-    """Ask the RPC for its chain id through the web3 client (one try: fails fast,
-    with a one-line reason)."""
-    client = ChainClient(url, {}, timeout=timeout, retry=RetryPolicy(attempts=1))
+    """Ask the RPC for its chain id, with a one-line reason when it cannot.
+
+    A public RPC throttles (429 with Retry-After) or hiccups (5xx, a cut answer):
+    those are retried, honouring Retry-After; nothing listening fails at once.
+    """
+    from web3.types import RPCEndpoint
+
+    from fabstir.chain.rpc import FailoverHTTPProvider, RpcRetry, RpcUnavailable
+
+    provider = FailoverHTTPProvider(
+        url, timeout=timeout, retry=RpcRetry(attempts=6, max_delay=2.0, max_retry_after=10.0)
+    )
     try:
-        return client.chain_id
-    except ChainUnavailable as exc:
-        # requests nests the socket error three exceptions deep; show just that.
-        found = _ERRNO_RE.search(str(exc.__cause__ or exc))
-        reason = found.group(0) if found else str(exc.__cause__ or exc)
+        answer = provider.make_request(RPCEndpoint("eth_chainId"), [])
+    except RpcUnavailable:
+        # The provider's own message names the URL (which may hold an API key).
+        reason = provider.failures[-1][1] if provider.failures else "no answer"
         raise CliError(f"cannot reach the RPC of {display}: {reason}") from None
-    except Exception as exc:  # an HTTP error page, or JSON that is not an RPC answer
-        raise CliError(f"the RPC of {display} did not answer eth_chainId: {exc}") from None
+    try:
+        return int(answer["result"], 16)
+    except (KeyError, TypeError, ValueError):
+        raise CliError(
+            f"the RPC of {display} did not answer eth_chainId: {answer.get('error', answer)}"
+        ) from None
 
 
 def resolve_network(spec: str) -> Network:

@@ -144,8 +144,8 @@ def approve(model: str | None) -> None:
 
     MODEL is a catalogue key, model id or file name (default: the bundled model).
     """
-    from fabstir.chain.client import TxSender
     from fabstir.chain.system import role_id
+    from fabstir.chain.transactions import TxSender
 
     st = state()
     entry = catalogue.find(model)

@@ -136,7 +136,11 @@ def start(
     before = jobs.get_session_count()
 
     async def work(sm: SessionManager) -> Any:
-        started = await sm.start_session(mid, host_address, config, host_url, payment_token=token)
+        # Keep a session the host could not take open: the message below offers
+        # `session resume` (retry) or `session close`.
+        started = await sm.start_session(
+            mid, host_address, config, host_url, payment_token=token, close_on_failure=False
+        )
         await sm.pause_session(started.session_id)
         return started
 

@@ -298,10 +298,13 @@ class SessionPool:
         except SDKError as exc:
             orphan = exc.details.get("session_id")
             if isinstance(orphan, int):
-                # Escrowed but unusable (the host refused or vanished): record it and
-                # close it, so the deposit comes back and the budget knows.
+                # Escrowed but unusable (the host refused or vanished): the SDK asked the
+                # chain to close it; record it so the budget and `spend` know of it.
                 self._record(orphan, host.address, model.model_id, price, deposit)
-                self._spawn(self._close_by_id(orphan))
+                if "close_tx" in exc.details:
+                    self._ledger.session_closed(orphan, 0)
+                else:
+                    self._spawn(self._close_by_id(orphan))
             if exc.code in _FUNDING_ERRORS:
                 raise budget_exhausted(f"the wallet cannot fund a session: {exc.message}") from exc
             raise

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from web3.logs import DISCARD
 
-from fabstir.chain.client import ChainClient, ChainError, TxSender
+from fabstir.chain.client import ChainClient, ChainError, ChainUnavailable
+from fabstir.chain.logscan import LogScanError, event_logs
 from fabstir.chain.marketplace import (
     ModelStatus,
     OnChainSession,
@@ -24,6 +25,7 @@ from fabstir.chain.marketplace import (
     Status,
     to_hex,
 )
+from fabstir.chain.transactions import TxSender
 from fabstir.errors import SDKError, SDKErrorCode
 from fabstir.protocol.receipts import same_address
 
@@ -90,9 +92,13 @@ class BatchResult:
 class HostChain:
     """Async facade over ChainClient/TxSender for the worker (one instance per worker)."""
 
-    def __init__(self, client: ChainClient, sender: TxSender) -> None:
+    def __init__(self, client: ChainClient, sender: TxSender, *, first_block: int = 0) -> None:
         self.client = client
         self.sender = sender
+        #: Where event scans start: the deployment's first block.
+        self.first_block = first_block
+        #: How long a settlement pass waits on an earlier, still pending settlement.
+        self.pending_wait = 2.0
         self.address: str = sender.address
         self.marketplace = client.contract("JobMarketplace")
         self.model_registry = client.contract("ModelRegistry")
@@ -150,25 +156,23 @@ class HostChain:
 
         return await asyncio.to_thread(run)
 
-    async def checkpoint_hash(
-        self, session_id: int, tokens: int, from_block: int = 0
-    ) -> str | None:
+    async def checkpoint_hash(self, session_id: int, tokens: int) -> str | None:
         """The content hash of the recorded receipt for `tokens`, from CheckpointSubmitted
-        (None when it cannot be found)."""
+        (None when it cannot be found). A bounded scan from the deployment's first block."""
 
         def run() -> str | None:
-            event = self.marketplace.events.CheckpointSubmitted
+            event = self.marketplace.events.CheckpointSubmitted()
             try:
-                logs = self.client.retry.run(
-                    lambda: event.get_logs(
-                        argument_filters={"sessionId": session_id}, from_block=from_block
-                    ),
-                    "getLogs(CheckpointSubmitted)",
+                logs = event_logs(
+                    self.client,
+                    event,
+                    from_block=self.first_block,
+                    topics=["0x" + session_id.to_bytes(32, "big").hex()],
                 )
-            except Exception as exc:  # e.g. a provider that limits the block range
+            except (ChainUnavailable, LogScanError) as exc:
                 log.warning("event=checkpoint_lookup_failed session=%s error=%r", session_id, exc)
                 return None
-            for entry in reversed(list(logs)):
+            for entry in reversed(logs):
                 if int(entry["args"]["tokensUsed"]) == tokens:
                     return to_hex(entry["args"]["contentHash"])
             return None
@@ -209,14 +213,45 @@ class HostChain:
 
     # -- settlement
 
+    async def submit_checkpoint(self, item: SettleItem) -> str:
+        """Record a receipt on chain without settling (JobMarketplace.submitCheckpoint);
+        returns the tx hash. Raises like settle_batch."""
+
+        def run() -> str:
+            fn = self.marketplace.functions.submitCheckpoint(*item.as_tuple())
+            return self.sender.send(fn, what=f"submitCheckpoint({item.session_id})").tx_hash
+
+        return await asyncio.to_thread(run)
+
     async def settle_batch(self, items: Sequence[SettleItem]) -> BatchResult:
         """One settleBatch transaction; per-item outcomes from its events.
 
-        Raises ChainUnavailable (RPC down through every retry) or ChainError (the
-        whole transaction reverted or was rejected).
+        Raises ChainUnavailable (RPC down through every retry), ChainError (the
+        whole transaction reverted or was rejected) or TxPending (sent, not mined
+        yet: stuck behind a fee or a gap; the sender keeps pushing it).
         """
 
         def run() -> BatchResult:
+            earlier: str | None = None
+            for pending in self.sender.pending():
+                # A settlement from an earlier pass is still unmined: never send a
+                # second one beside it. Its wait re-sends or replaces it as needed;
+                # still pending -> TxPending (the pass fails, not the loop).
+                earlier = self.sender.wait(pending, timeout=self.pending_wait).tx_hash
+            if earlier is not None:
+                # It is mined now: report what it settled (the rest goes next pass),
+                # never a second transaction for the same sessions.
+                sessions = {i.session_id: self._get_session(i.session_id) for i in items}
+                done = {
+                    sid: s.tokens_used
+                    for sid, s in sessions.items()
+                    if s is not None and s.status == Status.SETTLED
+                }
+                if done:
+                    return BatchResult(earlier, 0, dict.fromkeys(done, Outcome.OK), done)
+            return run_batch(items)
+
+        def run_batch(items: Sequence[SettleItem]) -> BatchResult:
             fn = self.marketplace.functions.settleBatch([i.as_tuple() for i in items])
             result = self.sender.send(fn, what=f"settleBatch({len(items)})")
             skipped = self.marketplace.events.BatchItemSkipped().process_receipt(

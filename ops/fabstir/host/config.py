@@ -134,6 +134,14 @@ class HostConfig:
         30.0, "Stop serving, and settle, a session this many seconds before its end."
     )
     shutdown_timeout: float = option(60.0, "Longest the final settlement pass may take.")
+    # Value at risk: when a session's receipted but unposted tokens are worth at least
+    # this much, the newest receipt is posted on chain (submitCheckpoint) without ending
+    # the session, so a host offline past the settlement window loses at most this.
+    post_receipt_value: int | None = option(
+        None,
+        "Post a session's newest receipt on chain once its unposted tokens are worth this "
+        "much (payment token's smallest unit); bounds what an offline host can lose.",
+    )
     rpc_retry_attempts: int = option(
         6,
         "Attempts of each RPC call before the chain counts as unavailable.",
@@ -193,6 +201,8 @@ class HostConfig:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.post_receipt_value is not None and self.post_receipt_value <= 0:
+            raise ConfigError("post_receipt_value must be positive (or None)")
         if self.expiry_margin < 0 or self.settlement_coalesce < 0:
             raise ConfigError("expiry_margin and settlement_coalesce must not be negative")
         if self.rpc_retry_attempts < 1:

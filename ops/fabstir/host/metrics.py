@@ -77,6 +77,13 @@ class HostMetrics:
             "Settlement passes that failed (RPC unreachable, transaction rejected).",
             registry=r,
         )
+        self.unposted_value = Gauge(
+            "fabstir_host_unposted_value",
+            "Value at risk: receipted tokens not yet on chain, times the price, summed over "
+            "open and closing sessions (payment token's smallest unit).",
+            ["token"],
+            registry=r,
+        )
         self.settlement_lag = Gauge(
             "fabstir_host_settlement_lag_seconds",
             "Age of the oldest session waiting to be settled (0 when none waits).",

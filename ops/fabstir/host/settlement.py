@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from fabstir.chain.client import ChainError, ChainUnavailable
+from fabstir.chain.client import ChainError, ChainUnavailable, TxPending
 from fabstir.chain.marketplace import MAX_BATCH, OnChainSession, Outcome, SettleItem, Status
 from fabstir.errors import SDKErrorCode
 from fabstir.host.chain import HostChain
@@ -65,6 +65,7 @@ class SettlementLoop:
         coalesce: float = 0.0,
         idle_timeout: float,
         expiry_margin: float,
+        post_receipt_value: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -76,6 +77,8 @@ class SettlementLoop:
         self.coalesce = coalesce
         self.idle_timeout = idle_timeout
         self.expiry_margin = expiry_margin
+        self.post_receipt_value = post_receipt_value
+        self._risk_tokens: set[str] = set()
         self.clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -151,6 +154,12 @@ class SettlementLoop:
                 if poll_chain:
                     await self._poll_chain()
                 await self._settle_closing()
+                await self._post_at_risk()
+            except TxPending as exc:
+                # Sent but not mined (a fee spike, a gap): not an outage. The sender
+                # re-sends / replaces it; the next pass waits for it, sends no other.
+                self._failed(f"settlement transaction pending: {exc}")
+                return False
             except ChainUnavailable as exc:
                 self._failed(f"chain unreachable: {exc}")
                 return False
@@ -180,6 +189,12 @@ class SettlementLoop:
             self.metrics.sessions.labels(state=state).set(n)
         self.metrics.settlement_lag.set(await self.lag())
         self.metrics.receipted_tokens.set(await self.store.receipted_tokens())
+        at_risk: dict[str, int] = {}
+        for rec in await self.store.by_state("open", "closing"):
+            at_risk[rec.token] = at_risk.get(rec.token, 0) + _unposted_value(rec)
+        self._risk_tokens |= set(at_risk)
+        for token in self._risk_tokens:  # a token with nothing at risk reads 0, not stale
+            self.metrics.unposted_value.labels(token=token).set(at_risk.get(token, 0))
 
     async def lag(self) -> float:
         oldest = await self.store.oldest_closing_since()
@@ -251,6 +266,31 @@ class SettlementLoop:
         elif info.tokens_used > rec.submitted_tokens:
             await self.store.set_submitted(sid, info.tokens_used)
 
+    async def _post_at_risk(self) -> None:
+        """Post the newest receipt of every open session whose unposted value reached
+        `post_receipt_value` (the session stays open; settlement comes later)."""
+        if self.post_receipt_value is None:
+            return
+        for rec in await self.store.by_state("open"):
+            if not rec.has_unsubmitted_receipt or _unposted_value(rec) < self.post_receipt_value:
+                continue
+            item = self._item(rec)
+            try:
+                tx = await self.chain.submit_checkpoint(item)
+            except ChainError as exc:  # e.g. the chain holds a newer one: settle decides
+                log.warning(kv("receipt_post_failed", session=rec.session_id, error=str(exc)))
+                continue
+            await self.store.set_submitted(rec.session_id, rec.receipt_tokens)
+            log.info(
+                kv(
+                    "receipt_posted",
+                    session=rec.session_id,
+                    tokens=rec.receipt_tokens,
+                    value=_unposted_value(rec),
+                    tx=tx,
+                )
+            )
+
     async def _settle_closing(self) -> None:
         closing = await self.store.by_state("closing")
         for start in range(0, len(closing), MAX_BATCH):
@@ -273,7 +313,9 @@ class SettlementLoop:
         stale: list[int] = []
         for rec, item in zip(records, items, strict=True):
             sid = rec.session_id
-            outcome = result.outcomes.get(sid, Outcome.OK)
+            if sid not in result.outcomes:
+                continue  # an earlier, pending settlement was reported instead: next pass
+            outcome = result.outcomes[sid]
             if outcome == Outcome.OK:
                 tokens = result.settled_tokens.get(sid, item.tokens_used)
                 await self.store.mark_settled(sid, tx=result.tx_hash, tokens=tokens)
@@ -307,3 +349,8 @@ class SettlementLoop:
             fresh = [r for r in await self.store.by_state("closing") if r.session_id in stale]
             if fresh:
                 await self._settle_batch(fresh)
+
+
+def _unposted_value(rec: SessionRecord) -> int:
+    """What the host would lose of this session if it never posted again."""
+    return max(0, rec.receipt_tokens - rec.submitted_tokens) * rec.price

@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from fabstir import models
-from fabstir.chain.client import ChainClient, RetryPolicy, TxSender
+from fabstir.chain.client import ChainClient, RetryPolicy
+from fabstir.chain.logscan import deployment_block
 from fabstir.chain.marketplace import ModelStatus
+from fabstir.chain.transactions import TxSender, confirmations_for_chain, fee_policy_for_chain
+from fabstir.chain.txjournal import TxJournal
 from fabstir.errors import SDKErrorCode
 from fabstir.host.chain import HostChain, ModelEntry
 from fabstir.host.config import ConfigError, HostConfig
@@ -98,8 +101,28 @@ class HostWorker:
             timeout=cfg.rpc_timeout,
             retry=RetryPolicy(attempts=cfg.rpc_retry_attempts),
         )
-        sender = TxSender(client, cfg.private_key)
-        chain = self.chain = HostChain(client, sender)
+        # A settlement not mined within receipt_timeout fails its pass (TxPending)
+        # and is picked up by the next one, so the loop never blocks for long.
+        # Every settlement is journalled before it is sent; after a crash the
+        # journal's unfinished ones are adopted (found by hash, re-sent as signed),
+        # so a restart never sends a second settlement beside a pending one.
+        journal = TxJournal(Path(f"{cfg.db_path}.txlog"))
+        sender = TxSender(
+            client,
+            cfg.private_key,
+            receipt_timeout=30.0,
+            replace_after=15.0,
+            fees=await asyncio.to_thread(lambda: fee_policy_for_chain(client.chain_id)),
+            on_sent=journal.append,
+            # Settled means final: a reorg before this depth re-sends the same tx.
+            confirmations=confirmations_for_chain(client.chain_id),
+        )
+        unfinished = await asyncio.to_thread(sender.adopt, journal.load())
+        journal.keep(unfinished)
+        if unfinished:
+            log.warning(kv("adopted_pending_transactions", count=len(unfinished)))
+        first_block = await asyncio.to_thread(_first_block, cfg, client, addresses)
+        chain = self.chain = HostChain(client, sender, first_block=first_block)
         self.address = chain.address
         chain_id = self.chain_id = await chain.chain_id()
         if cfg.chain_id is not None and cfg.chain_id != chain_id:
@@ -155,6 +178,7 @@ class HostWorker:
             coalesce=cfg.settlement_coalesce,
             idle_timeout=cfg.idle_session_timeout,
             expiry_margin=cfg.expiry_margin,
+            post_receipt_value=cfg.post_receipt_value,
         )
         await self.server.start()
         counts = await self.store.counts()
@@ -206,6 +230,15 @@ class HostWorker:
                 return
             self._state = "stopping"
             log.info(kv("shutting_down"))
+            # A transaction wait must not outlive the shutdown timeout (a stuck
+            # settlement): past it, every wait ends with TxPending at once.
+            abort = (
+                asyncio.get_running_loop().call_later(
+                    self.config.shutdown_timeout, self.chain.sender.abort
+                )
+                if self.chain is not None
+                else None
+            )
             if self.server is not None:
                 await self.server.shutdown()
             if self.settlement is not None:
@@ -219,6 +252,8 @@ class HostWorker:
                     logging.INFO if done else logging.WARNING,
                     kv("final_settlement", done=done, still_closing=left),
                 )
+            if abort is not None:
+                abort.cancel()
             if self.engine is not None and self._given_engine is None:
                 await self.engine.aclose()
             if self.store is not None:
@@ -300,3 +335,13 @@ async def serve(
         for sig in installed:
             loop.remove_signal_handler(sig)
         await worker.stop()
+
+
+def _first_block(cfg: HostConfig, client: ChainClient, addresses: dict[str, str]) -> int:
+    """Where the worker's event scans start: the deployment record's first block, else
+    the block the JobMarketplace was deployed in (found on chain)."""
+    if cfg.addresses is None and cfg.chain_id is not None:
+        from fabstir.chain.deployments import load_deployment
+
+        return load_deployment(cfg.chain_id, cfg.deployments_dir).first_block
+    return deployment_block(client, addresses["JobMarketplace"])

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 from eth_utils.address import to_checksum_address
 from web3.exceptions import Web3RPCError, Web3ValidationError
 
-from fabstir.chain.client import ChainError, ChainUnavailable, TxResult
+from fabstir.chain.client import ChainError, ChainUnavailable
+from fabstir.chain.transactions import TxResult
 from fabstir.protocol.receipts import is_valid_address, to_bytes32
 from fabstir.sdk.amounts import format_amount, parse_amount
 from fabstir.sdk.constants import NATIVE_TOKEN_ADDRESS
@@ -239,9 +240,14 @@ class ManagerBase:
         """The one balance -> allowance -> send sequence, for a call that takes `amount`
         of `token` from the signer's wallet: check the wallet holds it
         (INSUFFICIENT_BALANCE naming `purpose`; None when the caller has checked it
-        already), approve `spender` when an ERC-20 allowance is short
+        already), approve `spender` when the ERC-20 allowance left for it is short
         (APPROVAL_FAILED), then send `fn`, with `amount` as value for ETH.
-        Returns the transaction and the approval's tx hash (None when none was needed).
+
+        Safe to call from several threads at once for one signer: the allowance check,
+        the approval and the submission happen under the signer's allowance book
+        (fabstir.sdk.allowances), which counts what submitted calls will still pull;
+        the receipt is awaited outside it. Returns the transaction and the approval's
+        tx hash (None when none was needed).
         """
         me = self._me(what)
         if purpose is not None and amount:
@@ -254,20 +260,43 @@ class ManagerBase:
                     wallet=wallet,
                     required=amount,
                 )
-        approval = self._ensure_allowance(token, me, spender, amount, what)
-        result = self._send(fn, what, value=amount if token.is_eth else 0)
+        sender = self._sdk._require_sender(what)
+        book = self._sdk.allowances
+        pulled = 0 if token.is_eth else amount
+        with book.lock:
+            approval = self._ensure_allowance(
+                token, me, spender, amount, what, in_flight=book.pending(token.address, spender)
+            )
+            log.debug("sending %s from %s", what, me)
+            with translate_errors(what):
+                rec = sender.submit(fn, value=amount if token.is_eth else 0, what=what)
+            book.add(token.address, spender, pulled)
+        try:
+            with translate_errors(what):
+                result = sender.wait(rec)
+        finally:
+            book.release(token.address, spender, pulled)
+        log.info("%s: tx %s (gas %d)", what, result.tx_hash, result.gas_used)
         return result, approval
 
     def _ensure_allowance(
-        self, token: Token, owner: str, spender: str, amount: int, what: str
+        self,
+        token: Token,
+        owner: str,
+        spender: str,
+        amount: int,
+        what: str,
+        *,
+        in_flight: int = 0,
     ) -> str | None:
-        """Approve `spender` for `amount` of `token` if the allowance is short.
-        Returns the approval's tx hash, or None when none was needed."""
+        """Approve `spender` for `amount` of `token` if the allowance, less what
+        `in_flight` pulls will still take, is short. Returns the approval's tx hash,
+        or None when none was needed."""
         if token.is_eth or amount == 0:
             return None
         erc20 = self._sdk.chain.contract("USDC", token.address)
         allowance = int(self._call(erc20.functions.allowance(owner, spender), "allowance"))
-        if allowance >= amount:
+        if allowance - in_flight >= amount:
             return None
         try:
             result = self._send(

@@ -6,6 +6,7 @@ default, so `FabstirSDK()` works against a chain whose deployment file
 
 - rpc_url: the argument, else $FABSTIR_RPC_URL, else a public endpoint for
   known chains (Base Sepolia: https://sepolia.base.org, local: 127.0.0.1:8545).
+  Several URLs, comma-separated, fail over in order (fabstir.chain.rpc).
 - chain_id: 84532 (Base Sepolia) unless given or $FABSTIR_CHAIN_ID is set.
 - contract_addresses: merged over the deployment file for `chain_id`; the
   reference's camelCase keys (jobMarketplace, usdcToken, ...) and the

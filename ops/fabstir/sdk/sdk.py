@@ -22,9 +22,11 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 
-from fabstir.chain.client import ChainClient, RetryPolicy, TxSender
+from fabstir.chain.client import ChainClient, RetryPolicy
+from fabstir.chain.transactions import TxSender, fee_policy_for_chain
 from fabstir.protocol.receipts import Eip712Domain, same_address
 from fabstir.sdk._base import ZERO_ADDRESS, Token, check_address, translate_errors
+from fabstir.sdk.allowances import AllowanceBook
 from fabstir.sdk.config import CONTRACT_NAMES, SDKConfig, canonical_contract_name
 from fabstir.sdk.constants import ETH_DECIMALS
 from fabstir.sdk.errors import SDKError, SDKErrorCode
@@ -74,6 +76,8 @@ class FabstirSDK:
         self._chain_checked = False
         self._account: LocalAccount | None = None
         self._sender: TxSender | None = None
+        #: Token pulls in flight from this signer (concurrent approvals stay exact).
+        self.allowances = AllowanceBook()
         self._managers: dict[str, Any] = {}
         self._tokens: dict[str, Token] = {}
         self._configure_logging()
@@ -332,7 +336,10 @@ class FabstirSDK:
                 )
             if self._sender is None:
                 self._sender = TxSender(
-                    self.chain, self._account.key, receipt_timeout=self.config.receipt_timeout
+                    self.chain,
+                    self._account.key,
+                    receipt_timeout=self.config.receipt_timeout,
+                    fees=fee_policy_for_chain(self.config.chain_id),
                 )
             return self._sender
 

@@ -194,6 +194,7 @@ class SessionManager:
         host_url: str | None = None,
         *,
         payment_token: str = "USDC",
+        close_on_failure: bool = True,
     ) -> StartedSession:
         """Escrow the deposit and open a session with host `provider` for `model_id`.
 
@@ -203,6 +204,11 @@ class SessionManager:
         SessionJobManager.create_session_job), and WEBSOCKET_CONNECTION_FAILED /
         INVALID_PROOF / MODEL_MISMATCH if the host cannot be reached or is not who
         the chain says it is.
+
+        A failure after the session was created on chain names it in the error
+        (`details["session_id"]`) and, with `close_on_failure` (default), requests
+        its close so the deposit is not locked until expiry (`details["close_tx"]`).
+        Without it the session stays open for `resume_session`.
         """
         self._sdk.require_signer("start_session")
         key: LocalAccount = Account.create()
@@ -216,26 +222,62 @@ class SessionManager:
             model_id=model_id,
             session_key=key.address,
         )
-        info = await asyncio.to_thread(jobs.wait_for_session, result.session_id)
-        if host_url is None:
-            host_info = await asyncio.to_thread(
-                self._sdk.get_host_manager().get_host_info, info.host
-            )
-            host_url = host_info.api_url
-        live = _Live(info, key, ReceiptSigner(key.key, self._sdk.receipt_domain()), host_url)
-        self._live[info.session_id] = live
-        await self._save(live)
         try:
+            info = await asyncio.to_thread(jobs.wait_for_session, result.session_id)
+            if host_url is None:
+                host_info = await asyncio.to_thread(
+                    self._sdk.get_host_manager().get_host_info, info.host
+                )
+                host_url = host_info.api_url
+            live = _Live(info, key, ReceiptSigner(key.key, self._sdk.receipt_domain()), host_url)
+            self._live[info.session_id] = live
+            await self._save(live)
             await self._connect(live)
-        except SDKError as exc:
-            # The escrow exists: say which session holds it so the caller can close it.
-            raise SDKError(
-                exc.code,
-                f"{exc.message} (session {info.session_id} is open on chain with the deposit;"
-                " complete_session closes it, resume_session retries the host)",
-                {**exc.details, "session_id": info.session_id},
+        except Exception as exc:
+            # The escrow exists on chain but the session cannot be used: close it
+            # (and say so) rather than leave the deposit locked until expiry.
+            self._live.pop(result.session_id, None)
+            raise await self._orphaned(
+                result.session_id, result.tx_hash, exc, close=close_on_failure
             ) from exc
         return StartedSession(info.session_id, result.tx_hash, host_url, result.deposit)
+
+    async def _orphaned(
+        self, session_id: int, tx_hash: str, cause: Exception, *, close: bool
+    ) -> SDKError:
+        """The error for a session opened on chain that start_session could not use,
+        after asking the chain to close it when `close` (the escrow comes back once
+        the host's settlement window has passed and anyone finalizes)."""
+        details: dict[str, Any] = {"session_id": session_id, "create_tx": tx_hash}
+        if close:
+            what = await self._close_orphan(session_id, details)
+        else:
+            what = f"it is still open: resume_session({session_id}) or close it"
+        code = cause.code if isinstance(cause, SDKError) else SDKErrorCode.TRANSACTION_FAILED
+        message = cause.message if isinstance(cause, SDKError) else str(cause)
+        if isinstance(cause, SDKError):
+            details = {**cause.details, **details}
+        return SDKError(
+            code,
+            f"{message}; session {session_id} was opened on chain ({tx_hash}): {what}",
+            details,
+        )
+
+    async def _close_orphan(self, session_id: int, details: dict[str, Any]) -> str:
+        jobs = self._sdk.get_session_job_manager()
+        try:
+            close_tx = await asyncio.to_thread(jobs.request_close, session_id)
+        except Exception as close_exc:  # the close failing must not hide the cause
+            details["close_error"] = str(close_exc)
+            return (
+                f"it is still open (closing failed: {close_exc}); close it with "
+                f"`fabstir session close {session_id}`"
+            )
+        details["close_tx"] = close_tx
+        return (
+            f"the SDK requested its close ({close_tx}); the deposit returns to your "
+            "in-contract balance when it is finalized after the settlement window"
+        )
 
     # ---------------------------------------------------------------- prompts
 

@@ -18,14 +18,14 @@ with a specific code before anything is signed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from eth_utils.crypto import keccak
-from web3.exceptions import Web3RPCError
 from web3.logs import DISCARD
 
 from fabstir.chain.client import ChainUnavailable
+from fabstir.chain.logscan import LogRange, LogScanError, scan_logs
 from fabstir.chain.marketplace import MAX_BATCH, OnChainSession
 from fabstir.protocol.receipts import Receipt, check_receipt, same_address
 from fabstir.sdk._base import (
@@ -181,30 +181,21 @@ class SessionJobManager(ManagerBase):
         topics: list[str | None] = [SESSION_CREATED_TOPIC, None, None, None]
         topics[topic_index] = _topic(who)
         event = market.events.SessionCreated()
-        ids: list[int] = []
         step = self._sdk.config.log_block_range
-        block = start
-        while block <= end:
-            upper = min(block + step - 1, end)
-            params: Any = {
-                "address": market.address,
-                "topics": topics,
-                "fromBlock": block,
-                "toBlock": upper,
-            }
-            try:
-                logs: Any = chain.retry.run(_get_logs(w3, params), "eth_getLogs")
-            except ChainUnavailable as exc:
-                raise SDKError(SDKErrorCode.NETWORK_ERROR, f"eth_getLogs: {exc}") from exc
-            except Web3RPCError as exc:
-                # Public RPCs cap the block range or the result size: halve and retry.
-                if step > 1:
-                    step //= 2
-                    continue
-                raise SDKError(SDKErrorCode.NETWORK_ERROR, f"eth_getLogs failed: {exc}") from exc
-            for entry in logs:
-                ids.append(int(event.process_log(entry)["args"]["sessionId"]))
-            block = upper + 1
+        try:
+            logs = scan_logs(
+                chain,
+                address=market.address,
+                topics=topics,
+                from_block=start,
+                to_block=end,
+                ranges=LogRange(initial=step, maximum=step),
+            )
+        except ChainUnavailable as exc:
+            raise SDKError(SDKErrorCode.NETWORK_ERROR, f"eth_getLogs: {exc}") from exc
+        except LogScanError as exc:
+            raise SDKError(SDKErrorCode.NETWORK_ERROR, str(exc)) from exc
+        ids = [int(event.process_log(entry)["args"]["sessionId"]) for entry in logs]
         return ids
 
     # --- opening -----------------------------------------------------------------
@@ -584,10 +575,6 @@ class SessionJobManager(ManagerBase):
                 if exc.code is not SDKErrorCode.SESSION_NOT_FOUND or time.monotonic() > deadline:
                     raise
             time.sleep(0.5)
-
-
-def _get_logs(w3: Any, params: Any) -> Callable[[], Any]:
-    return lambda: w3.eth.get_logs(params)
 
 
 def _signature_hex(signature: str | bytes) -> str:

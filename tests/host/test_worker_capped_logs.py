@@ -1,0 +1,60 @@
+"""The worker behind an RPC that caps eth_getLogs (the fault proxy in front of anvil):
+a restarted host still finds the receipt the client put on chain, by a bounded scan
+from the deployment's first block (one request from block 0 was refused)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from host_helpers import HostEnv, ProtocolClient, WorkerThread, run, start_session, wait_until
+from support.rpc_proxy import FaultProxy
+
+
+def settled(w: WorkerThread, session_id: int) -> Any:
+    rec = w.record(session_id)
+    return rec if rec is not None and rec.state == "settled" else None
+
+
+@pytest.fixture
+def capped(hostenv: HostEnv) -> Iterator[FaultProxy]:
+    with FaultProxy(hostenv.rpc_url) as proxy:
+        proxy.cap_logs(max_range=4, message="block range too large")
+        yield proxy
+
+
+def test_resume_reads_the_onchain_receipt_through_capped_log_ranges(
+    hostenv: HostEnv, start_worker: Any, capped: FaultProxy
+) -> None:
+    w = start_worker(rpc_url=capped.url)
+    opened = hostenv.open_session()
+    sid = opened.session_id
+
+    async def serve() -> ProtocolClient:
+        client = await start_session(w.url, opened)
+        await client.ask("Name a mountain.", 10, sign=False)
+        await client.aclose()
+        return client
+
+    client = run(serve())
+    assert client.signer is not None
+    receipt = client.signer.sign(sid, client.tokens, client.hasher.hexdigest)
+    client.signed[receipt.tokens_used] = receipt.content_hash
+    hostenv.mk.submitCheckpoint(
+        sid, receipt.tokens_used, bytes.fromhex(receipt.content_hash[2:]),
+        receipt.signature_bytes, sender=hostenv.client,
+    )  # fmt: skip
+
+    async def resume() -> int:
+        again = await client.reconnect(w.url, opened)
+        assert again.tokens == receipt.tokens_used
+        await again.ask("And a lake.", 6)
+        await again.close_session()
+        return again.tokens
+
+    tokens = run(resume())
+    assert capped.calls["eth_getLogs"] >= 1
+    assert capped.injected["logs_refused"] >= 1  # the cap did bite, and was handled
+    wait_until(lambda: settled(w, sid))
+    assert hostenv.session(sid).tokensUsed == tokens > receipt.tokens_used

@@ -1,0 +1,112 @@
+"""The worker's settlement on a chain that stops mining its transactions (automine
+off, the pool dropping it): a stuck settlement is reported as pending, not as an
+outage; the next passes send no second settleBatch; a dropped one is re-sent as
+signed; shutdown honours its timeout while a transaction is pending."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from host_helpers import HostEnv, WorkerThread, http_get, run, start_session, wait_until
+from web3 import Web3
+
+
+def _rpc(hostenv: HostEnv, method: str, *params: Any) -> Any:
+    w3 = Web3(Web3.HTTPProvider(hostenv.rpc_url))
+    return w3.provider.make_request(method, list(params)).get("result")  # type: ignore[arg-type]
+
+
+def _nonce(hostenv: HostEnv, tag: str = "latest") -> int:
+    w3 = Web3(Web3.HTTPProvider(hostenv.rpc_url))
+    return int(w3.eth.get_transaction_count(hostenv.host.address, tag))  # type: ignore[arg-type]
+
+
+def _serve_and_close(w: WorkerThread, hostenv: HostEnv) -> tuple[int, int]:
+    """Serve a session, then stop mining (automine off) and close it: the worker's
+    settlement is sent into a chain that does not mine it."""
+    opened = hostenv.open_session()
+
+    async def scenario() -> int:
+        client = await start_session(w.url, opened)
+        await client.ask("Name a river.", 8)
+        _rpc(hostenv, "evm_setAutomine", False)
+        await client.close_session()
+        return client.tokens
+
+    return opened.session_id, run(scenario())
+
+
+def test_stuck_then_dropped_settlement_is_sent_once(hostenv: HostEnv, start_worker: Any) -> None:
+    w = start_worker(settlement_interval=0.5)
+    assert w.worker is not None and w.worker.chain is not None
+    sender = w.worker.chain.sender
+    sender.replace_after = 1.0
+    sender.receipt_timeout = 1.5
+    nonce0 = _nonce(hostenv)
+    try:
+        sid, tokens = _serve_and_close(w, hostenv)
+        wait_until(lambda: sender.pending(), timeout=20)
+        stuck = sender.pending()[0]
+        health = wait_until(
+            lambda: (
+                h
+                if "pending"
+                in (
+                    (h := json.loads(http_get(w.http + "/health")[2]))["settlement"]["last_error"]
+                    or ""
+                )
+                else None
+            ),
+            timeout=20,
+        )
+        assert health["status"] == "degraded"
+        assert "unreachable" not in health["settlement"]["last_error"]
+        # Several passes later: still exactly one settlement transaction in flight.
+        time.sleep(2.0)
+        assert _nonce(hostenv, "pending") == nonce0 + 1
+        versions = {v.tx_hash for v in sender._slots[stuck.nonce].versions}
+        assert len(versions) >= 2  # replaced with a higher fee meanwhile (same nonce)
+        for h in versions:  # the pool forgets it
+            _rpc(hostenv, "anvil_dropTransaction", h)
+        wait_until(lambda: _nonce(hostenv, "pending") == nonce0 + 1, timeout=20)  # re-sent
+    finally:
+        _rpc(hostenv, "evm_setAutomine", True)
+        _rpc(hostenv, "evm_mine")
+    rec = wait_until(
+        lambda: r if (r := w.record(sid)) is not None and r.state == "settled" else None,
+        timeout=30,
+    )
+    assert rec.receipt_tokens == tokens
+    assert hostenv.session(sid).tokensUsed == tokens
+    assert _nonce(hostenv) == nonce0 + 1  # one settleBatch, never a second
+    w3 = Web3(Web3.HTTPProvider(hostenv.rpc_url))
+    mined = [h for h in versions if _rpc(hostenv, "eth_getTransactionReceipt", h)]
+    assert len(mined) == 1  # one of the signed versions of that one settlement
+    assert rec.settle_tx == mined[0]
+    assert w3.eth.get_transaction(mined[0])["nonce"] == stuck.nonce
+
+
+def test_shutdown_honours_its_timeout_with_a_settlement_pending(
+    hostenv: HostEnv, start_worker: Any
+) -> None:
+    w = start_worker(settlement_interval=0.5, shutdown_timeout=3.0)
+    assert w.worker is not None and w.worker.chain is not None
+    w.worker.chain.sender.receipt_timeout = 60.0  # a wait that would outlast shutdown
+    try:
+        _serve_and_close(w, hostenv)
+        wait_until(
+            lambda: (
+                w.worker is not None
+                and w.worker.chain is not None
+                and w.worker.chain.sender.pending()
+            ),
+            timeout=20,
+        )
+        started = time.monotonic()
+        w.stop(timeout=30)
+        assert time.monotonic() - started < 15
+    finally:
+        _rpc(hostenv, "evm_setAutomine", True)
+        _rpc(hostenv, "evm_mine")
