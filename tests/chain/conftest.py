@@ -36,12 +36,12 @@ def rpc(url: str, method: str, *params: Any) -> Any:
 
 @pytest.fixture
 def usdc_address(anvil: ChainInfo, project: Any) -> str:
-    """MockUSDC deployed on the test's anvil (account 0), from ape's compiled artifact."""
+    """A 6-decimal mock USDC (MockERC20) deployed on the test's anvil (account 0), from ape's compiled artifact."""
     w3 = Web3(Web3.HTTPProvider(anvil.rpc_url))
     deployer = w3.eth.account.from_key(test_private_key(0))
-    bytecode = project.MockUSDC.contract_type.deployment_bytecode.bytecode
-    factory = w3.eth.contract(abi=load_abi("MockUSDC"), bytecode=bytecode)
-    tx = factory.constructor().build_transaction(
+    bytecode = project.MockERC20.contract_type.deployment_bytecode.bytecode
+    factory = w3.eth.contract(abi=load_abi("MockERC20"), bytecode=bytecode)
+    tx = factory.constructor("Mock USD Coin", "USDC", 6).build_transaction(
         {"from": deployer.address, "nonce": w3.eth.get_transaction_count(deployer.address)}
     )
     tx_hash = w3.eth.send_raw_transaction(deployer.sign_transaction(tx).raw_transaction)
@@ -74,7 +74,7 @@ def ns(anvil: ChainInfo, usdc_address: str) -> SimpleNamespace:
         url=anvil.rpc_url,
         w3=w3,
         usdc=w3.eth.contract(
-            address=Web3.to_checksum_address(usdc_address), abi=load_abi("MockUSDC")
+            address=Web3.to_checksum_address(usdc_address), abi=load_abi("MockERC20")
         ),
         key=test_private_key(1),
         address=w3.eth.account.from_key(test_private_key(1)).address,

@@ -54,9 +54,11 @@ def test_l1_fee_is_part_of_the_estimate_on_base(
     # A real transaction's estimate: L2 gas at the max fee plus the L1 data fee.
     w3 = Web3(Web3.HTTPProvider(base_rehearsal.rpc_url))
     deployer = w3.eth.account.from_key(key_of(0))
-    bytecode = project.MockUSDC.contract_type.deployment_bytecode.bytecode
-    token = w3.eth.contract(abi=load_abi("MockUSDC"), bytecode=bytecode)
-    tx = token.constructor().build_transaction({"from": deployer.address, "nonce": 0})
+    bytecode = project.MockERC20.contract_type.deployment_bytecode.bytecode
+    token = w3.eth.contract(abi=load_abi("MockERC20"), bytecode=bytecode)
+    tx = token.constructor("Mock USD Coin", "USDC", 6).build_transaction(
+        {"from": deployer.address, "nonce": 0}
+    )
     h = w3.eth.send_raw_transaction(deployer.sign_transaction(tx).raw_transaction)
     address = w3.eth.wait_for_transaction_receipt(h)["contractAddress"]
     client = ChainClient(base_rehearsal.rpc_url, {"USDC": address})
