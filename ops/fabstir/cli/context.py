@@ -214,6 +214,8 @@ def rpc_chain_id(url: str, display: str, timeout: float = 10.0) -> int:
     except RpcUnavailable:
         # The provider's own message names the URL (which may hold an API key).
         reason = provider.failures[-1][1] if provider.failures else "no answer"
+        if reason.startswith("HTTP "):  # something answered, but not as an RPC
+            raise CliError(f"the RPC of {display} did not answer eth_chainId: {reason}") from None
         raise CliError(f"cannot reach the RPC of {display}: {reason}") from None
     try:
         return int(answer["result"], 16)
