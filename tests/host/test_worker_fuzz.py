@@ -31,6 +31,7 @@ from fabstir.protocol.messages import (
     SessionInit,
     parse_message,
 )
+from fabstir.protocol.receipts import ReceiptSigner
 
 pytestmark = pytest.mark.usefixtures("hostenv")
 
@@ -200,6 +201,15 @@ def test_fuzzed_frames_never_hurt_the_worker(hostenv: HostEnv, start_worker: Any
 
     try:
         fuzz()
+        # Whatever the draws were, the two refusals the assertion below names are sent
+        # once each: a session nobody opened, and a receipt signed by a stranger.
+        fuzzer.send(
+            [SessionInit(session_id=10**9, signature="0x" + "11" * 65).to_json()],
+            initialised=False,
+        )
+        stranger = ReceiptSigner(bytes(range(1, 33)), hostenv.domain)
+        forged = stranger.sign(fuzzed.session_id, 1, "0x" + "22" * 32)
+        fuzzer.send([ReceiptMessage.from_receipt(forged).to_json()], initialised=True)
     finally:
         stop.set()
         thread.join(180)
