@@ -6,6 +6,7 @@ signed; shutdown honours its timeout while a transaction is pending."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -110,3 +111,45 @@ def test_shutdown_honours_its_timeout_with_a_settlement_pending(
     finally:
         _rpc(hostenv, "evm_setAutomine", True)
         _rpc(hostenv, "evm_mine")
+
+
+def test_a_reorg_before_the_confirmations_resends_the_settlement(
+    hostenv: HostEnv, start_worker: Any
+) -> None:
+    w = start_worker(settlement_interval=0.5, confirmations=3)
+    assert w.worker is not None and w.worker.chain is not None
+    sender = w.worker.chain.sender
+    sender.replace_after = 0.5
+    nonce0 = _nonce(hostenv)
+    opened = hostenv.open_session()
+    sid = opened.session_id
+
+    async def scenario() -> int:
+        client = await start_session(w.url, opened)
+        await client.ask("Name a hill.", 8)
+        await client.close_session()
+        return client.tokens
+
+    tokens = run(scenario())
+    # Mined (settled on chain) but not final: the store must not say settled yet.
+    wait_until(lambda: hostenv.session(sid).status == 3, timeout=20)
+    assert w.record(sid).state == "closing"
+    _rpc(hostenv, "anvil_reorg", 1, [])  # the block holding the settlement is gone
+    assert hostenv.session(sid).status == 1 and hostenv.session(sid).tokensUsed == 0
+    stop = threading.Event()
+
+    def miner() -> None:
+        while not stop.wait(0.3):
+            _rpc(hostenv, "evm_mine")
+
+    t = threading.Thread(target=miner)
+    t.start()
+    try:
+        rec = wait_until(lambda: r if (r := w.record(sid)).state == "settled" else None, timeout=40)
+    finally:
+        stop.set()
+        t.join()
+    assert rec.receipt_tokens == tokens
+    info = hostenv.session(sid)
+    assert info.status == 3 and info.tokensUsed == tokens  # paid after all
+    assert _nonce(hostenv) == nonce0 + 1  # the same settlement, sent again; not a second

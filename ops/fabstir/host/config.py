@@ -142,6 +142,11 @@ class HostConfig:
         "Post a session's newest receipt on chain once its unposted tokens are worth this "
         "much (payment token's smallest unit); bounds what an offline host can lose.",
     )
+    confirmations: int | None = option(
+        None,
+        "Blocks on top of a settlement before the store calls it settled; a reorg before "
+        "then re-sends the same transaction (default: the network's, deployments/params).",
+    )
     rpc_retry_attempts: int = option(
         6,
         "Attempts of each RPC call before the chain counts as unavailable.",
@@ -201,6 +206,8 @@ class HostConfig:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.confirmations is not None and self.confirmations < 1:
+            raise ConfigError("confirmations must be at least 1")
         if self.post_receipt_value is not None and self.post_receipt_value <= 0:
             raise ConfigError("post_receipt_value must be positive (or None)")
         if self.expiry_margin < 0 or self.settlement_coalesce < 0:
