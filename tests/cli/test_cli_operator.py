@@ -69,6 +69,10 @@ def test_host_settle_one_and_due(local_chain: ChainInfo, host_registered: str) -
     _close(local_chain, closing)
     data = ok_json(invoke("--json", "host", "settle", str(one), "--account", f"test:{HOST}"))
     assert data["sessions"] == [{"session_id": one, "outcome": "OK"}]
+    settled = ok_json(invoke("--json", "session", "status", str(one)))
+    assert settled["status"] == "SETTLED" and settled["settlement"]["final"] is True
+    assert settled["settlement"]["tx_hash"] == data["tx_hash"]
+    assert "confirmations: final" in ok(invoke("session", "status", str(one))).stdout
     due = ok_json(invoke("--json", "host", "settle", "--due", "--account", f"test:{HOST}"))
     assert [s["session_id"] for s in due["sessions"]] == [closing]  # not the running one
     status = ok_json(invoke("--json", "session", "status", str(running)))

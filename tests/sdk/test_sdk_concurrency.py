@@ -105,3 +105,30 @@ def test_rpc_urls_fail_over(env: SimpleNamespace, make_sdk: MakeSdk) -> None:
     balance = sdk.get_payment_manager().get_token_balance("USDC")
     assert balance == "100.0"
     assert sdk.chain.provider.endpoint_uri == env.rpc_url  # moved past the dead one
+
+
+def test_settlement_finality_view(
+    env: SimpleNamespace, make_sdk: MakeSdk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fabstir.chain.transactions as transactions
+
+    alice = make_sdk(env.alice)
+    sid = (
+        alice.get_session_job_manager()
+        .create_session_job(env.host1.address, "USDC", "1.0", CONFIG)
+        .session_id
+    )
+    jobs = alice.get_session_job_manager()
+    assert jobs.get_settlement_finality(sid) is None  # not settled
+    make_sdk(env.host1).get_session_job_manager().settle(sid)
+    monkeypatch.setattr(transactions, "confirmations_for_chain", lambda chain_id: 3)
+    with FaultProxy(env.rpc_url) as proxy:
+        proxy.cap_logs(max_range=2)  # found by a bounded scan
+        capped = make_sdk(env.alice, rpc_url=proxy.url, start_block=0)
+        first = capped.get_session_job_manager().get_settlement_finality(sid)
+        assert first is not None and not first.final
+        assert first.confirmations == 1 and first.required == 3
+        w3 = Web3(Web3.HTTPProvider(env.rpc_url))
+        w3.provider.make_request("anvil_mine", ["0x2"])  # type: ignore[arg-type]
+        later = capped.get_session_job_manager().get_settlement_finality(sid)
+        assert later is not None and later.final and later.tx_hash == first.tx_hash

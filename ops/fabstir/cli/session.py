@@ -430,6 +430,11 @@ def status(session_id: int) -> None:
     tokens_left, amount_left = jobs.get_remaining_budget(session_id)
     symbol = sdk.get_token(info.token).symbol
     data = {**jsonable(info), "remaining_tokens": tokens_left, "remaining_amount": amount_left}
+    # Settled is money moved; final is when no shallow reorg can take it back.
+    finality = jobs.get_settlement_finality(session_id) if info.status.name == "SETTLED" else None
+    data["settlement"] = (
+        None if finality is None else {**jsonable(finality), "final": finality.final}
+    )
     human = key_values(
         [
             ("session", info.session_id),
@@ -443,6 +448,17 @@ def status(session_id: int) -> None:
             ("remaining", f"{tokens_left} tokens ({amount_left} {symbol})"),
             ("ends at", info.ends_at),
         ]
+        + (
+            []
+            if finality is None
+            else [
+                (
+                    "settlement",
+                    f"block {finality.block}, {finality.confirmations} of {finality.required} "
+                    f"confirmations: {'final' if finality.final else 'not final yet'}",
+                )
+            ]
+        )
     )
     st.out.result(data, human)
 

@@ -47,6 +47,7 @@ from fabstir.sdk.types import (
     SessionJobResult,
     SessionStatus,
     SettleItem,
+    SettlementFinality,
 )
 
 SESSION_CREATED_TOPIC: Final = (
@@ -562,6 +563,39 @@ class SessionJobManager(ManagerBase):
         return self._send(
             market.functions.finalize(info.session_id), f"finalize({info.session_id})"
         ).tx_hash
+
+    def get_settlement_finality(self, session_id: int) -> SettlementFinality | None:
+        """The SessionSettled event of a session (a bounded scan from the deployment's
+        first block) and whether it is final at this network's confirmation depth;
+        None while the session is not settled."""
+        from fabstir.chain.logscan import LogScanError, event_logs
+        from fabstir.chain.transactions import confirmations_for_chain
+
+        sid = check_uint(session_id, "session_id", positive=True)
+        market = self._contract("JobMarketplace")
+        chain = self._sdk.chain
+        try:
+            with translate_errors("eth_getLogs"):
+                logs = event_logs(
+                    chain,
+                    market.events.SessionSettled(),
+                    from_block=self._sdk.start_block(),
+                    topics=["0x" + sid.to_bytes(32, "big").hex()],
+                )
+                head = int(chain.retry.run(lambda: chain.w3.eth.block_number, "eth_blockNumber"))
+        except LogScanError as exc:
+            raise SDKError(SDKErrorCode.NETWORK_ERROR, str(exc)) from exc
+        if not logs:
+            return None
+        entry = logs[-1]
+        block = int(entry["blockNumber"])
+        return SettlementFinality(
+            session_id=sid,
+            tx_hash="0x" + bytes(entry["transactionHash"]).hex().removeprefix("0x"),
+            block=block,
+            confirmations=head - block + 1,
+            required=confirmations_for_chain(self._sdk.config.chain_id),
+        )
 
     # --- helpers for the SessionManager ----------------------------------------------
 

@@ -150,6 +150,23 @@ class SessionJobResult:
 
 
 @dataclass(frozen=True)
+class SettlementFinality:
+    """Where a session's settlement is on chain and whether it counts as final:
+    `confirmations` blocks (the settling one included) against the `required` depth
+    of the network. A reorg shallower than that cannot undo it."""
+
+    session_id: int
+    tx_hash: str
+    block: int
+    confirmations: int
+    required: int
+
+    @property
+    def final(self) -> bool:
+        return self.confirmations >= self.required
+
+
+@dataclass(frozen=True)
 class SessionInfo:
     """A session as the chain knows it (JobMarketplace.getSession, decoded).
 
