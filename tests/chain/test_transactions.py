@@ -304,3 +304,37 @@ def test_fees_and_confirmations_per_network_come_from_the_params() -> None:
     assert live.max_fee_cap == gas.max_fee_cap_wei and live.tip == gas.max_priority_fee_wei
     assert confirmations_for_chain(84532) == max(1, gas.confirmations)
     assert fee_policy_for_chain(31337) == FeePolicy() and confirmations_for_chain(31337) == 1
+
+
+def test_a_node_lagging_on_latest_sends_nothing_twice(
+    ns: Any, proxy: Any, make_client: Any
+) -> None:
+    rpc(ns.url, "anvil_mine", hex(10))
+    proxy.lag_latest(5)
+    sender = TxSender(
+        make_client(proxy.url), ns.key, receipt_timeout=10, replace_after=0.2, poll_interval=0.1
+    )
+    for amount in (1, 2, 3):
+        sender.send(mint(sender, amount), what="mint")
+    assert proxy.injected["lagged"] > 0
+    assert nonce_of(ns) == 3 and minted(ns) == 6
+
+
+def test_a_gap_is_filled_only_where_no_transaction_holds_the_nonce(
+    ns: Any, make_client: Any
+) -> None:
+    # Another process of the same key has a transaction pending at nonce 0; ours is at
+    # nonce 1 behind it. That is no gap: nothing may replace the other transaction.
+    rpc(ns.url, "evm_setAutomine", False)
+    # (cheaply priced, so a filler at the node's suggested fee would replace it)
+    other = TxSender(make_client(ns.url), ns.key, fees=FeePolicy(tip=1, base_fee_multiplier=1))
+    theirs = other.submit(mint(other, 5), what="theirs")
+    ours = TxSender(make_client(ns.url), ns.key, receipt_timeout=2, replace_after=0.2)
+    rec = ours.submit(mint(ours, 7), what="ours")
+    assert rec.nonce == 1
+    with pytest.raises(TxPending):
+        ours.wait(rec)  # it tries to push, but fills nothing
+    assert ns.w3.eth.get_transaction(theirs.tx_hash)["nonce"] == 0  # still theirs
+    rpc(ns.url, "evm_setAutomine", True)
+    rpc(ns.url, "evm_mine")
+    assert ours.wait(rec).tx_hash and nonce_of(ns) == 2 and minted(ns) == 12

@@ -504,11 +504,17 @@ class TxSender:
 
     def _fill_gap(self, latest: int, nonce: int) -> None:
         """Lower nonces that block ours: re-send ours, fill the rest with a no-op."""
+        # The node's pending count stops at the first nonce it has no transaction
+        # for: below it something (maybe another process's transaction, or a node
+        # lagging on `latest`) holds the nonce, and a filler would replace it.
+        pending = self._count("pending")
         for n in range(latest, nonce):
             versions = self._versions(n)
             if versions:
                 if self._lookup(versions[-1].tx_hash) == "unknown":
                     self._broadcast(versions[-1])
+                continue
+            if n < pending:
                 continue
             log.warning("nonce gap at %d (chain at %d, ours %d): filling it", n, latest, nonce)
             max_fee, tip = self._price()
