@@ -338,3 +338,17 @@ def test_a_gap_is_filled_only_where_no_transaction_holds_the_nonce(
     rpc(ns.url, "evm_setAutomine", True)
     rpc(ns.url, "evm_mine")
     assert ours.wait(rec).tx_hash and nonce_of(ns) == 2 and minted(ns) == 12
+
+
+def test_a_failing_record_hook_sends_nothing_and_frees_the_nonce(ns: Any, make_client: Any) -> None:
+    def full_disk(rec: SentTx) -> None:
+        raise OSError("No space left on device")
+
+    sender = TxSender(make_client(ns.url), ns.key, on_sent=full_disk)
+    with pytest.raises(OSError):
+        sender.send(mint(sender), what="settle")
+    assert nonce_of(ns) == 0 and sender.pending() == []
+    sender.on_sent = None
+    assert (
+        ns.w3.eth.get_transaction(sender.send(mint(sender, 2), what="settle").tx_hash)["nonce"] == 0
+    )

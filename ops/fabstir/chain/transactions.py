@@ -203,7 +203,12 @@ class TxSender:
                     raise self.client.errors.from_exception(exc) from exc
                 rec = self._sign(tx, what, None)
                 self._slots[nonce] = _Slot(dict(tx), [])
-                self._record(nonce, rec)
+                try:
+                    self._record(nonce, rec)
+                except BaseException:
+                    # Not recorded, so not sent: the nonce stays free for the next one.
+                    del self._slots[nonce]
+                    raise
                 outcome = self._broadcast(rec)
                 if outcome != "nonce_taken":
                     return rec
