@@ -28,12 +28,6 @@ def anvil(tmp_path: Path) -> Iterator[ChainInfo]:
     lc.down()
 
 
-def rpc(url: str, method: str, *params: Any) -> Any:
-    """A raw JSON-RPC call (anvil's test methods have no web3 wrapper)."""
-    w3 = Web3(Web3.HTTPProvider(url))
-    return w3.provider.make_request(method, list(params))["result"]  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def usdc_address(anvil: ChainInfo, project: Any) -> str:
     """A 6-decimal mock USDC (MockERC20) deployed on the test's anvil (account 0), from ape's compiled artifact."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import rpc
+from support.anvil import rpc
 from web3 import Web3
 
 from fabstir.chain.abi import load_abi

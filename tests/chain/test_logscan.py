@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import rpc
+from support.anvil import rpc
 
 from fabstir.chain.local import test_private_key as key_of
 from fabstir.chain.logscan import LogRange, LogScanError, event_logs, is_range_refusal, scan_logs

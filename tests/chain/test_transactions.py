@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import rpc
+from support.anvil import rpc
 
 from fabstir.chain.client import ChainError, TxPending
 from fabstir.chain.transactions import FeePolicy, SentTx, TxSender
