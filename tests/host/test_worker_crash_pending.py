@@ -53,6 +53,13 @@ def test_kill9_with_a_settlement_pending_then_restart(
     proc = WorkerProcess(args, env, tmp_path / "worker.log")
     nonce0 = _nonce(hostenv, "latest")
     try:
+        _crash_and_restart(hostenv, proc, db, nonce0)
+    finally:
+        proc.cleanup()  # whatever failed: no worker outlives the test
+
+
+def _crash_and_restart(hostenv: HostEnv, proc: WorkerProcess, db: Path, nonce0: int) -> None:
+    try:
         proc.start()
         opened = hostenv.open_session()
 
@@ -76,22 +83,19 @@ def test_kill9_with_a_settlement_pending_then_restart(
     finally:
         _rpc(hostenv, "evm_setAutomine", True)
         _rpc(hostenv, "evm_mine")
-    try:
 
-        def settled() -> Any:
-            row = (
-                sqlite3.connect(db)
-                .execute(
-                    "SELECT state, settle_tx FROM sessions WHERE session_id = ?",
-                    (opened.session_id,),
-                )
-                .fetchone()
+    def settled() -> Any:
+        row = (
+            sqlite3.connect(db)
+            .execute(
+                "SELECT state, settle_tx FROM sessions WHERE session_id = ?",
+                (opened.session_id,),
             )
-            return row if row and row[0] == "settled" else None
+            .fetchone()
+        )
+        return row if row and row[0] == "settled" else None
 
-        _state, settle_tx = wait_until(settled, timeout=30)
-        assert _nonce(hostenv, "latest") == nonce0 + 1  # one settleBatch in all
-        assert hostenv.session(opened.session_id).tokensUsed == tokens
-        assert settle_tx in {line.split('"tx_hash":"')[1].split('"')[0] for line in journal}
-    finally:
-        proc.cleanup()
+    _state, settle_tx = wait_until(settled, timeout=30)
+    assert _nonce(hostenv, "latest") == nonce0 + 1  # one settleBatch in all
+    assert hostenv.session(opened.session_id).tokensUsed == tokens
+    assert settle_tx in {line.split('"tx_hash":"')[1].split('"')[0] for line in journal}
