@@ -153,3 +153,28 @@ def test_a_reorg_before_the_confirmations_resends_the_settlement(
     info = hostenv.session(sid)
     assert info.status == 3 and info.tokensUsed == tokens  # paid after all
     assert _nonce(hostenv) == nonce0 + 1  # the same settlement, sent again; not a second
+
+
+def test_the_journal_lives_next_to_the_per_chain_store(
+    hostenv: HostEnv,
+    start_worker: Any,
+    tmp_path: Any,
+    monkeypatch: Any,
+) -> None:
+    """Without --db the store is per chain under $FABSTIR_HOME/host; the settlement
+    journal must be beside it (not a file named after a missing path)."""
+    monkeypatch.setenv("FABSTIR_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    w = start_worker(db_path=None, settlement_interval=0.3)
+    opened = hostenv.open_session()
+
+    async def scenario() -> None:
+        client = await start_session(w.url, opened)
+        await client.ask("Name a cloud.", 6)
+        await client.close_session()
+
+    run(scenario())
+    wait_until(lambda: (r := w.record(opened.session_id)) is not None and r.state == "settled")
+    journals = list((tmp_path / "home" / "host").glob("*.txlog"))
+    assert len(journals) == 1 and journals[0].read_text().strip()
+    assert not list(tmp_path.glob("None*"))

@@ -292,8 +292,13 @@ class SessionPool:
         }
         started = time.monotonic()
         try:
+            # The pool closes an orphan itself (and books it), so the SDK must not.
             result = await self._sm.start_session(
-                model.model_id, host.address, config, payment_token=self._token.symbol
+                model.model_id,
+                host.address,
+                config,
+                payment_token=self._token.symbol,
+                close_on_failure=False,
             )
         except SDKError as exc:
             orphan = exc.details.get("session_id")

@@ -103,24 +103,15 @@ class HostWorker:
         )
         # A settlement not mined within receipt_timeout fails its pass (TxPending)
         # and is picked up by the next one, so the loop never blocks for long.
-        # Every settlement is journalled before it is sent; after a crash the
-        # journal's unfinished ones are adopted (found by hash, re-sent as signed),
-        # so a restart never sends a second settlement beside a pending one.
-        journal = TxJournal(Path(f"{cfg.db_path}.txlog"))
         sender = TxSender(
             client,
             cfg.private_key,
             receipt_timeout=30.0,
             replace_after=15.0,
             fees=await asyncio.to_thread(lambda: fee_policy_for_chain(client.chain_id)),
-            on_sent=journal.append,
             # Settled means final: a reorg before this depth re-sends the same tx.
             confirmations=cfg.confirmations or confirmations_for_chain(client.chain_id),
         )
-        unfinished = await asyncio.to_thread(sender.adopt, journal.load())
-        journal.keep(unfinished)
-        if unfinished:
-            log.warning(kv("adopted_pending_transactions", count=len(unfinished)))
         first_block = await asyncio.to_thread(_first_block, cfg, client, addresses)
         chain = self.chain = HostChain(client, sender, first_block=first_block)
         self.address = chain.address
@@ -142,6 +133,16 @@ class HostWorker:
         self.store = SessionStore(db_path, identity)
         await self.store.open()
         log.info(kv("store_opened", path=str(db_path), chain_id=chain_id))
+        # Every settlement is journalled before it is sent, next to the store it
+        # belongs to (db_path is per chain when not given); after a crash the
+        # journal's unfinished ones are adopted (found by hash, re-sent as signed),
+        # so a restart never sends a second settlement beside a pending one.
+        journal = TxJournal(Path(f"{db_path}.txlog"))
+        sender.on_sent = journal.append
+        unfinished = await asyncio.to_thread(sender.adopt, journal.load())
+        journal.keep(unfinished)
+        if unfinished:
+            log.warning(kv("adopted_pending_transactions", count=len(unfinished)))
         if self.engine is None:
             # The builder checks the model against the registry as its engine allows
             # (the file's sha256, or what the upstream exposes) before it serves.

@@ -235,8 +235,10 @@ class SessionManager:
             await self._connect(live)
         except Exception as exc:
             # The escrow exists on chain but the session cannot be used: close it
-            # (and say so) rather than leave the deposit locked until expiry.
-            self._live.pop(result.session_id, None)
+            # (and say so) rather than leave the deposit locked until expiry. Kept
+            # (close_on_failure=False), it stays known here for complete/resume.
+            if close_on_failure:
+                self._live.pop(result.session_id, None)
             raise await self._orphaned(
                 result.session_id, result.tx_hash, exc, close=close_on_failure
             ) from exc
