@@ -29,7 +29,8 @@ pytestmark = pytest.mark.usefixtures("hostenv")
 def row(db: Path, session_id: int) -> tuple[Any, ...] | None:
     with sqlite3.connect(db) as conn:
         return conn.execute(
-            "SELECT state, receipt_tokens, receipt_hash FROM sessions WHERE session_id = ?",
+            "SELECT state, receipt_tokens, json_extract(receipt, '$.content_hash')"
+            " FROM sessions WHERE session_id = ?",
             (session_id,),
         ).fetchone()
 
