@@ -12,16 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from host_helpers import (
-    PRICE,
-    HostEnv,
-    ProtocolClient,
-    WorkerProcess,
-    addresses_file,
-    run,
-    start_session,
-    wait_until,
-)
+from support.host_env import PRICE, HostEnv, addresses_file
+from support.protocol_client import ProtocolClient, start_session
+from support.waits import run, wait_until
+from support.worker import WorkerProcess
 
 pytestmark = pytest.mark.usefixtures("hostenv")
 
