@@ -1,5 +1,5 @@
 """Fixtures for the escrow marketplace suite; helpers and constants live in
-marketplace_helpers.py (a plain module, so test files can import it by name)."""
+tests/support (marketplace.py, reverts.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from ape_ethereum.trace import Trace
 from eth_account import Account
 from eth_utils import keccak
-from marketplace_helpers import (
+from support.marketplace import (
     ETH_MIN_DEPOSIT,
     FEE_BPS,
     HOST_ETH_MIN_PRICE,

@@ -4,7 +4,7 @@ on the contracts from before the fix. docs/security.md lists them by name."""
 from __future__ import annotations
 
 import pytest
-from marketplace_helpers import (
+from support.marketplace import (
     ETH_DEPOSIT,
     ETH_PRICE,
     FEE_BPS,
@@ -13,14 +13,13 @@ from marketplace_helpers import (
     SETTLEMENT_WINDOW,
     ZERO,
     Status,
-    deploy_reverts,
     open_eth,
     open_usdc,
     register_contract_host,
-    reverts,
     sign,
     token_totals,
 )
+from support.reverts import deploy_reverts, reverts
 
 from fabstir.chain.books import VaultBooks
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from marketplace_helpers import (
+from support.marketplace import (
     DEPOSIT,
     DURATION,
     ETH_DEPOSIT,
@@ -21,10 +21,9 @@ from marketplace_helpers import (
     Status,
     fees,
     open_usdc,
-    reverts,
     sign,
-    view_reverts,
 )
+from support.reverts import reverts, view_reverts
 
 DAY = 24 * 3600
 
