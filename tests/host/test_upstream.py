@@ -309,7 +309,7 @@ def test_tokens_past_the_cap_are_held_back_and_the_upstream_request_cancelled(
     client, reply = run(scenario(), timeout=120)
     # Exactly one interval was streamed unsigned; the next token was held back, the
     # receipt asked for, and when none came the answer ended.
-    assert reply.requests and reply.requests[0].tokens == 8
+    assert reply.requests and reply.requests[0].tokens_used == 8
     assert client.tokens == 8 and reply.end is not None and reply.end.finish_reason == "error"
     assert SDKErrorCode.RECEIPT_REQUIRED.value in reply.codes
     # ...and the upstream request was closed, which the upstream saw.

@@ -17,6 +17,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from fabstir.host.config import HostConfig
 from fabstir.host.worker import HostWorker
 
@@ -99,13 +101,12 @@ def http_get(url: str) -> tuple[int, str, str]:
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text."""
-    want = name + (
-        "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
-    )
-    for line in text.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
+    """The value of one sample in Prometheus text (0.0 when absent), read with
+    prometheus-client's own parser."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
     return 0.0
 
 
