@@ -219,7 +219,7 @@ def _unregister(env):
 
 
 def _slash(env):
-    env.nodes.slash(env.host, 1, "test", sender=env.curator)
+    env.nodes.slash(env.host, 1, "test", sender=env.slasher)
 
 
 def _stop_usdc(env):

@@ -108,6 +108,7 @@ class Env:
 
     deployer: Any
     curator: Any
+    slasher: Any
     treasurer: Any
     host: Any
     host2: Any
