@@ -40,7 +40,7 @@ def keyholder(accounts: Any, admin: Any) -> Any:
     return account
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def env(
     project: Any,
     system: Any,
