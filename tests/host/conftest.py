@@ -17,28 +17,20 @@ from support.worker import WorkerThread
 
 from fabstir import models
 from fabstir.chain.params import DeployParams
-from fabstir.chain.system import ETH
+from fabstir.chain.system import ETH, Roles, deploy_system
 from fabstir.host.config import HostConfig, Limits
 from fabstir.host.engines.llama import LlamaBatchEngine
 
 
-@pytest.fixture(scope="module")
-def hostenv(
-    system: Any,
-    admin: Any,
-    curator: Any,
-    hosts: list[Any],
-    clients: list[Any],
-    chain: Any,
-    networks: Any,
-) -> HostEnv:
-    """The root ``system`` with this suite's actors: the bundled model (and another)
-    approved, two hosts serving both, two clients with 5000 USDC deposited."""
-    s, deployer = system, admin
-    host, other_host, client, client2 = hosts[0], hosts[1], clients[0], clients[1]
+@pytest.fixture(scope="session")
+def hostenv(project: Any, accounts: Any, chain: Any, networks: Any) -> HostEnv:
+    deployer, curator, treasurer, slasher = accounts[0], accounts[1], accounts[2], accounts[3]
+    host, other_host, client, client2 = accounts[5], accounts[6], accounts[8], accounts[9]
     host_key = test_key(5)
     assert host_key.address == host.address
-    assert DeployParams().fee_bps == FEE_BPS
+    params = DeployParams(fee_bps=FEE_BPS, settlement_window=3600)
+    roles = Roles(curator=curator, slasher=slasher, treasurer=treasurer)
+    s = deploy_system(project, deployer, params, roles)
 
     entry = models.find()
     s.model_registry.addModel(
@@ -50,7 +42,7 @@ def hostenv(
     other_model_id = keccak(text="/".join(OTHER_MODEL))
     s.model_registry.approveModel(other_model_id, sender=curator)
 
-    stake = DeployParams().min_stake
+    stake = params.min_stake
     for h in (host, other_host):
         s.fab.transfer(h, stake, sender=deployer)
         s.fab.approve(s.node_registry, stake, sender=h)

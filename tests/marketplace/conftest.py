@@ -40,7 +40,7 @@ def keyholder(accounts: Any, admin: Any) -> Any:
     return account
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def env(
     project: Any,
     system: Any,
