@@ -1,11 +1,20 @@
-"""Shared fixtures for every contract suite.
+"""Shared fixtures for every contract suite: the role accounts, the deployed system and
+factories (one style, as yearn-vaults-v3's conftest: fixtures for who, fixtures for what
+is deployed, and fixtures returning callables for what tests create).
+
+``system`` is the whole marketplace as ``ape run deploy`` deploys it on a local chain
+(``deploy_system`` with the default parameters, the accounts below in its roles); a
+suite's conftest sets up its own actors on it (models, hosts, funds). The registry
+suites use ``deployment`` instead: the two registries alone, with an EOA standing in for
+the marketplace.
 
 Layout of the named accounts (ape's funded test accounts, fixed mnemonic):
 
     admin / deployer      accounts[0]  DEFAULT_ADMIN_ROLE everywhere, holds all FAB
     curator               accounts[1]  ModelRegistry.CURATOR_ROLE
     slasher               accounts[2]  NodeRegistry.SLASHER_ROLE
-    treasury              accounts[3]  treasury multisig (fee recipient)
+    treasury              accounts[3]  treasury multisig (fee recipient; in ``system``
+                                       the Treasury's TREASURER_ROLE)
     marketplace_account   accounts[4]  NodeRegistry.MARKETPLACE_ROLE until the real
                                        JobMarketplace is deployed by its own suite
     hosts                 accounts[5:8]  (``host`` is hosts[0])
@@ -40,6 +49,9 @@ from ape.exceptions import CustomError
 from eth_abi import decode
 from eth_utils import keccak
 from hexbytes import HexBytes
+
+from fabstir.chain.params import DeployParams
+from fabstir.chain.system import Roles, deploy_system
 
 FAB = 10**18
 """One FAB (18 decimals)."""
@@ -139,6 +151,14 @@ def outsider(accounts, admin):
 
 
 # --------------------------------------------------------------- contracts
+
+
+@pytest.fixture(scope="session")
+def system(project, admin, curator, slasher, treasury):
+    """The whole system (fabstir.chain.system.System), deployed by ``admin`` with the
+    default DeployParams: ETH and a mock USDC as payment tokens, nothing registered."""
+    roles = Roles(curator=curator, slasher=slasher, treasurer=treasury)
+    return deploy_system(project, admin, DeployParams(), roles)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import HOST, invoke, ok, run_json, test_key
+from support.cli import HOST, invoke, ok, run_json, test_key
 
 from fabstir import models
 from fabstir.chain.local import ChainInfo, LocalChain, free_port

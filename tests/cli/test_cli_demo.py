@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from cli_helpers import run
+from support.cli import run
 
 from fabstir import models
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 
 import click
-from cli_helpers import REPO
+from support.cli import REPO
 
 from fabstir.cli import main
 

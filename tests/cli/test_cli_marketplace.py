@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import (
+from eth_account import Account
+from support.cli import (
     CLIENT,
     REPO,
     address_of,
@@ -24,7 +25,6 @@ from cli_helpers import (
     usage_error,
     user_error,
 )
-from eth_account import Account
 
 from fabstir import models
 from fabstir.chain.local import ChainInfo, LocalChain, free_port

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from cli_helpers import invoke, ok, ok_json, run, usage_error, user_error
+from support.cli import invoke, ok, ok_json, run, usage_error, user_error
 
 from fabstir import __version__, models
 from fabstir.chain.local import LocalChain, free_port

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cli_helpers import (
+from support.cli import (
     CLIENT,
     DEPLOYER,
     HOST,

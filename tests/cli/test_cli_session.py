@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from cli_helpers import CLIENT, HOST, address_of, invoke, ok, ok_json, run, run_json, user_error
+from support.cli import CLIENT, HOST, address_of, invoke, ok, ok_json, run, run_json, user_error
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import (
+from support.cli import (
     CLIENT,
     HOST,
     address_of,

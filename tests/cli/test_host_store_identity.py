@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import CLIENT, HOST, invoke, ok, ok_json, run_json, test_key
+from support.cli import CLIENT, HOST, invoke, ok, ok_json, run_json, test_key
 
 from fabstir.chain.local import LocalChain, free_port
 

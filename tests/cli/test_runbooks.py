@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import CLIENT, DEPLOYER, HOST, REPO, address_of, invoke, ok, ok_json
+from support.cli import CLIENT, DEPLOYER, HOST, REPO, address_of, invoke, ok, ok_json
 
 from fabstir.chain.local import ChainInfo, anvil_binary, free_port
 from fabstir.sdk.config import SDKConfig

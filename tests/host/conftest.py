@@ -1,6 +1,6 @@
-"""Fixtures for the host worker suite (helpers live in host_helpers.py, a plain module that
-test files import by name): a deployed marketplace on the test anvil, the bundled model
-(one engine per test module) and workers on real loopback sockets."""
+"""Fixtures for the host worker suite (helpers live in tests/support: host_env, worker,
+protocol_client, tcp_proxy, accounts, waits): a deployed marketplace on the test anvil, the
+bundled model (one engine per test module) and workers on real loopback sockets."""
 
 from __future__ import annotations
 
@@ -11,15 +11,9 @@ from typing import Any
 
 import pytest
 from eth_utils import keccak
-from host_helpers import (
-    FEE_BPS,
-    HOST_MIN_PRICE,
-    OTHER_MODEL,
-    USDC_UNIT,
-    HostEnv,
-    WorkerThread,
-    test_key,
-)
+from support.accounts import test_key
+from support.host_env import FEE_BPS, HOST_MIN_PRICE, OTHER_MODEL, USDC_UNIT, HostEnv
+from support.worker import WorkerThread
 
 from fabstir import models
 from fabstir.chain.params import DeployParams

@@ -10,7 +10,9 @@ import time
 from typing import Any
 
 import pytest
-from host_helpers import HostEnv, run, start_session
+from support.host_env import HostEnv
+from support.protocol_client import start_session
+from support.waits import run
 
 from fabstir.host.config import Limits
 from fabstir.host.engines.base import ChatMessage

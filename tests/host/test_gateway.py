@@ -20,9 +20,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from host_helpers import HOST_MIN_PRICE, HostEnv, TcpProxy, WorkerThread, wait_until
-from host_helpers import test_key as key_of
 from openai import AsyncOpenAI, OpenAI
+from support.accounts import test_key as key_of
+from support.host_env import HOST_MIN_PRICE, HostEnv
+from support.tcp_proxy import TcpProxy
+from support.waits import wait_until
+from support.worker import WorkerThread
 
 from fabstir import models
 from fabstir.chain.deployments import ContractRecord, Deployment, write_deployment

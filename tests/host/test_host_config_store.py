@@ -27,6 +27,7 @@ from fabstir.host.store import (
     SessionTerms,
     StoreIdentityError,
 )
+from fabstir.protocol.receipts import Receipt
 
 T = TypeVar("T")
 OPS = Path(__file__).resolve().parents[2] / "ops" / "fabstir"
@@ -37,7 +38,7 @@ TERMS = SessionTerms(1, "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20, 20
 
 # The schema every host database had before versioning (copied from the unversioned
 # store.py), with one receipt an existing host is owed for.
-V0_SCHEMA = """
+V0_SCHEMA = f"""
 CREATE TABLE sessions (
     session_id INTEGER PRIMARY KEY, client TEXT NOT NULL, session_key TEXT NOT NULL,
     token TEXT NOT NULL, price TEXT NOT NULL, max_tokens INTEGER NOT NULL,
@@ -54,8 +55,13 @@ INSERT INTO sessions (session_id, client, session_key, token, price, max_tokens,
     proof_interval, ends_at, receipt_tokens, receipt_hash, receipt_sig, state,
     closing_since, last_activity, updated_at)
 VALUES (9, '0xc1', '0xc2', '0xc3', '18446744073709551615', 500, 50, 99999, 120,
-    '0xhash', '0xsig', 'closing', 1.0, 1.0, 1.0);
+    '0x{"ab" * 32}', '0x{"cd" * 65}', 'closing', 1.0, 1.0, 1.0);
+INSERT INTO sessions (session_id, client, session_key, token, price, max_tokens,
+    proof_interval, ends_at, state, last_activity, updated_at)
+VALUES (10, '0xc1', '0xc2', '0xc3', '1', 500, 50, 99999, 'open', 1.0, 1.0);
 """
+#: The receipt the V0 file holds for session 9.
+V0_RECEIPT = Receipt(9, 120, "0x" + "ab" * 32, "0x" + "cd" * 65)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -75,8 +81,9 @@ def test_unversioned_store_migrates_and_keeps_its_receipts(tmp_path: Path) -> No
         await store.open()
         rec = await store.get(9)
         assert rec is not None and rec.state == "closing"
-        assert (rec.receipt_tokens, rec.receipt_hash, rec.receipt_sig) == (120, "0xhash", "0xsig")
+        assert rec.receipt == V0_RECEIPT and rec.receipt_tokens == 120
         assert rec.price == 2**64 - 1 and rec.has_unsubmitted_receipt
+        assert (await store.get(10)).receipt is None  # type: ignore[union-attr]
         assert await store.stored_identity() == CHAIN_A  # adopted on migration
         await store.close()
 
@@ -85,6 +92,46 @@ def test_unversioned_store_migrates_and_keeps_its_receipts(tmp_path: Path) -> No
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     # Opening again is a no-op migration with the same identity.
     run(_open_close(path, CHAIN_A))
+
+
+def _columns(path: Path) -> set[tuple[Any, ...]]:
+    """(name, type, not null, default, primary key) of each column; ALTER TABLE appends,
+    so the order may differ (the store names its columns)."""
+    with sqlite3.connect(path) as db:
+        return {tuple(c[1:]) for c in db.execute("PRAGMA table_info(sessions)")}
+
+
+def test_a_migrated_store_has_the_schema_of_a_new_one(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.db", tmp_path / "new.db"
+    with sqlite3.connect(old) as db:
+        db.executescript(V0_SCHEMA)
+    run(_open_close(old, CHAIN_A))
+    run(_open_close(new, CHAIN_A))
+    assert _columns(old) == _columns(new)
+    names = {c[0] for c in _columns(new)}
+    assert "receipt" in names and "receipt_hash" not in names and "receipt_sig" not in names
+
+
+def test_a_new_store_keeps_the_receipt_it_was_given(tmp_path: Path) -> None:
+    """The store takes and returns the one Receipt type, equal field for field."""
+    path = tmp_path / "host.db"
+    receipt = Receipt(1, 77, "0x" + "0f" * 32, "0x" + "1b" * 65)
+
+    async def go() -> None:
+        store = SessionStore(path, CHAIN_A)
+        await store.open()
+        await store.register(TERMS)
+        assert await store.save_receipt(receipt)
+        await store.close()
+        again = SessionStore(path, CHAIN_A)
+        await again.open()
+        rec = await again.get(1)
+        assert rec is not None and rec.receipt == receipt and rec.receipt_tokens == 77
+        await again.close()
+
+    run(go())
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 async def _open_close(path: Path, identity: ChainIdentity | None) -> None:

@@ -39,19 +39,23 @@ TERMS = SessionTerms(
 # ------------------------------------------------------------------------- store
 
 
+def _stored(tokens: int, content: str, sig: str, session_id: int = 7) -> Receipt:
+    return Receipt(session_id, tokens, "0x" + content * 32, "0x" + sig * 65)
+
+
 def test_store_lifecycle_and_durability(tmp_path: Path) -> None:
     async def first() -> None:
         store = SessionStore(tmp_path / "h.db")
         await store.open()
         rec = await store.register(TERMS)
         assert rec.state == "open" and rec.receipt_tokens == 0 and rec.price == 2**64 - 1
-        assert await store.save_receipt(7, 5, "0x" + "aa" * 32, "0x" + "bb" * 65)
-        assert not await store.save_receipt(7, 5, "0x" + "cc" * 32, "0x" + "dd" * 65)
-        assert not await store.save_receipt(7, 3, "0x" + "cc" * 32, "0x" + "dd" * 65)
-        assert not await store.save_receipt(8, 9, "0x" + "cc" * 32, "0x" + "dd" * 65)
+        assert await store.save_receipt(_stored(5, "aa", "bb"))
+        assert not await store.save_receipt(_stored(5, "cc", "dd"))
+        assert not await store.save_receipt(_stored(3, "cc", "dd"))
+        assert not await store.save_receipt(_stored(9, "cc", "dd", session_id=8))
         assert await store.mark_closing(7, "client")
         assert not await store.mark_closing(7, "idle")  # only once
-        assert await store.save_receipt(7, 6, "0x" + "ee" * 32, "0x" + "ff" * 65)
+        assert await store.save_receipt(_stored(6, "ee", "ff"))
         await store.close()
 
     async def second() -> None:
@@ -60,14 +64,14 @@ def test_store_lifecycle_and_durability(tmp_path: Path) -> None:
         rec = await store.get(7)
         assert rec is not None
         assert (rec.state, rec.close_reason, rec.receipt_tokens) == ("closing", "client", 6)
-        assert rec.receipt_hash == "0x" + "ee" * 32 and rec.has_unsubmitted_receipt
+        assert rec.receipt == _stored(6, "ee", "ff") and rec.has_unsubmitted_receipt
         assert rec.closing_since is not None
         await store.register(TERMS)  # re-registering keeps the row as it is
         assert (await store.get(7)).receipt_tokens == 6  # type: ignore[union-attr]
         await store.set_submitted(7, 6)
         assert not (await store.get(7)).has_unsubmitted_receipt  # type: ignore[union-attr]
         await store.mark_settled(7, tx="0x01", tokens=6)
-        assert not await store.save_receipt(7, 9, "0x" + "ee" * 32, "0x" + "ff" * 65)
+        assert not await store.save_receipt(_stored(9, "ee", "ff"))
         assert await store.counts() == {"open": 0, "closing": 0, "settled": 1, "failed": 0}
         assert await store.oldest_closing_since() is None
         await store.close()
@@ -85,10 +89,10 @@ def test_settle_item_carries_only_a_newer_receipt(tmp_path: Path) -> None:
         await store.register(TERMS)
         rec = await store.get(7)
         assert SettlementLoop._item(rec).tokens_used == 0  # type: ignore[arg-type]
-        await store.save_receipt(7, 5, "0x" + "aa" * 32, "0x" + "bb" * 65)
+        await store.save_receipt(_stored(5, "aa", "bb"))
         item = SettlementLoop._item(await store.get(7))  # type: ignore[arg-type]
         assert item.receipt is not None
-        assert (item.tokens_used, item.receipt.content_hash) == (5, "0x" + "aa" * 32)
+        assert item.receipt == _stored(5, "aa", "bb")  # the stored Receipt, as it came
         await store.set_submitted(7, 5)
         assert SettlementLoop._item(await store.get(7)).tokens_used == 0  # type: ignore[arg-type]
         await store.close()

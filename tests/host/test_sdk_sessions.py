@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from host_helpers import HostEnv, WorkerThread, run
-from host_helpers import test_key as key_of
+from support.accounts import test_key as key_of
+from support.host_env import HostEnv
+from support.waits import run
+from support.worker import WorkerThread
 from websockets.asyncio.server import serve
 
 from fabstir.chain.local import free_port

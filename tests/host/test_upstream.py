@@ -23,19 +23,12 @@ from typing import Any
 
 import httpx
 import pytest
-from host_helpers import (
-    PRICE,
-    HostEnv,
-    ProtocolClient,
-    TcpProxy,
-    WorkerThread,
-    http_get,
-    metric,
-    run,
-    start_session,
-    wait_until,
-)
-from host_helpers import test_key as key_of
+from support.accounts import test_key as key_of
+from support.host_env import PRICE, HostEnv
+from support.protocol_client import ProtocolClient, start_session
+from support.tcp_proxy import TcpProxy
+from support.waits import run, wait_until
+from support.worker import WorkerThread, http_get, metric
 
 from fabstir import models
 from fabstir.chain.local import free_port

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import websockets
-from host_helpers import HostEnv, ProtocolClient, run, start_session
+from support.host_env import HostEnv
+from support.protocol_client import ProtocolClient, start_session
+from support.waits import run
 
 from fabstir.host.config import Limits
 from fabstir.protocol.messages import (

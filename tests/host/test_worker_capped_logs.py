@@ -8,8 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from host_helpers import HostEnv, ProtocolClient, WorkerThread, run, start_session, wait_until
+from support.host_env import HostEnv
+from support.protocol_client import ProtocolClient, start_session
 from support.rpc_proxy import FaultProxy
+from support.waits import run, wait_until
+from support.worker import WorkerThread
 
 
 def settled(w: WorkerThread, session_id: int) -> Any:

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from host_helpers import HostEnv, WorkerProcess, addresses_file, run, start_session, wait_until
+from support.host_env import HostEnv, addresses_file
+from support.protocol_client import start_session
+from support.waits import run, wait_until
+from support.worker import WorkerProcess
 from web3 import Web3
 
 

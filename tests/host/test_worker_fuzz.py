@@ -11,9 +11,11 @@ import threading
 from typing import Any
 
 import pytest
-from host_helpers import HostEnv, Opened, Reply, http_get, metric, start_session
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from support.host_env import HostEnv, Opened
+from support.protocol_client import Reply, start_session
+from support.worker import http_get, metric
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 

@@ -7,7 +7,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from host_helpers import PRICE, HostEnv, Reply, http_get, metric, run, start_session, wait_until
+from support.host_env import PRICE, HostEnv
+from support.protocol_client import Reply, start_session
+from support.waits import run, wait_until
+from support.worker import http_get, metric
 
 from fabstir.host.config import Limits
 

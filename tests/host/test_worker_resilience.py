@@ -12,18 +12,11 @@ from urllib.parse import urlparse
 
 import pytest
 import websockets
-from host_helpers import (
-    PRICE,
-    HostEnv,
-    ProtocolClient,
-    TcpProxy,
-    WorkerThread,
-    http_get,
-    metric,
-    run,
-    start_session,
-    wait_until,
-)
+from support.host_env import PRICE, HostEnv
+from support.protocol_client import ProtocolClient, start_session
+from support.tcp_proxy import TcpProxy
+from support.waits import run, wait_until
+from support.worker import WorkerThread, http_get, metric
 
 from fabstir.host.config import Limits
 from fabstir.host.engines.base import ModelVerificationError

@@ -12,16 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from host_helpers import (
-    PRICE,
-    HostEnv,
-    ProtocolClient,
-    WorkerProcess,
-    addresses_file,
-    run,
-    start_session,
-    wait_until,
-)
+from support.host_env import PRICE, HostEnv, addresses_file
+from support.protocol_client import ProtocolClient, start_session
+from support.waits import run, wait_until
+from support.worker import WorkerProcess
 
 pytestmark = pytest.mark.usefixtures("hostenv")
 
@@ -29,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("hostenv")
 def row(db: Path, session_id: int) -> tuple[Any, ...] | None:
     with sqlite3.connect(db) as conn:
         return conn.execute(
-            "SELECT state, receipt_tokens, receipt_hash FROM sessions WHERE session_id = ?",
+            "SELECT state, receipt_tokens, json_extract(receipt, '$.content_hash')"
+            " FROM sessions WHERE session_id = ?",
             (session_id,),
         ).fetchone()
 

@@ -7,17 +7,10 @@ import json
 from typing import Any
 
 import pytest
-from host_helpers import (
-    FEE_BPS,
-    PRICE,
-    HostEnv,
-    ProtocolClient,
-    http_get,
-    metric,
-    run,
-    start_session,
-    wait_until,
-)
+from support.host_env import FEE_BPS, PRICE, HostEnv
+from support.protocol_client import ProtocolClient, start_session
+from support.waits import run, wait_until
+from support.worker import http_get, metric
 
 from fabstir.host.config import Limits
 from fabstir.protocol.messages import PROTOCOL_VERSION, End, ErrorMessage, ReceiptAck, SessionReady

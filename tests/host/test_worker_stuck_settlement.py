@@ -10,7 +10,10 @@ import threading
 import time
 from typing import Any
 
-from host_helpers import HostEnv, WorkerThread, http_get, run, start_session, wait_until
+from support.host_env import HostEnv
+from support.protocol_client import start_session
+from support.waits import run, wait_until
+from support.worker import WorkerThread, http_get
 from web3 import Web3
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from host_helpers import PRICE, HostEnv, http_get, run, start_session, wait_until
+from support.host_env import PRICE, HostEnv
+from support.protocol_client import start_session
+from support.waits import run, wait_until
+from support.worker import http_get
 
 
 def _unposted(body: str) -> float:

@@ -1,5 +1,5 @@
 """Fixtures for the escrow marketplace suite; helpers and constants live in
-marketplace_helpers.py (a plain module, so test files can import it by name)."""
+tests/support (marketplace.py, reverts.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from ape_ethereum.trace import Trace
 from eth_account import Account
 from eth_utils import keccak
-from marketplace_helpers import (
+from support.marketplace import (
     ETH_MIN_DEPOSIT,
     FEE_BPS,
     HOST_ETH_MIN_PRICE,
@@ -28,24 +28,47 @@ from marketplace_helpers import (
     Env,
 )
 
-from fabstir.chain.params import MOCK, NATIVE, DeployParams, TokenSpec
-from fabstir.chain.system import ETH, Roles, deploy_system
+from fabstir.chain.params import DeployParams
+from fabstir.chain.system import ETH
 
 
 @pytest.fixture(scope="session")
-def env(project: Any, accounts: Any) -> Env:
-    deployer, curator, treasurer, host, host2, alice, bob, mallory, payee, keyholder = accounts[:10]
-    params = DeployParams(
-        fee_bps=FEE_BPS,
-        settlement_window=SETTLEMENT_WINDOW,
-        min_stake=MIN_STAKE,
-        tokens=(
-            TokenSpec("ETH", 18, ETH_MIN_DEPOSIT, NATIVE),
-            TokenSpec("USDC", 6, USDC_MIN_DEPOSIT, MOCK),
-        ),
+def keyholder(accounts: Any, admin: Any) -> Any:
+    """A funded account with no role, used as a session key that sends its own txs."""
+    account = accounts.generate_test_account()
+    admin.transfer(account, 100 * 10**18)
+    return account
+
+
+@pytest.fixture(scope="session")
+def env(
+    project: Any,
+    system: Any,
+    admin: Any,
+    curator: Any,
+    slasher: Any,
+    treasury: Any,
+    hosts: list[Any],
+    clients: list[Any],
+    outsider: Any,
+    keyholder: Any,
+) -> Env:
+    """The root ``system`` with this suite's actors: two models, two hosts, funded
+    clients (the suite's constants are the default deploy parameters)."""
+    defaults = DeployParams()
+    assert (defaults.fee_bps, defaults.settlement_window, defaults.min_stake) == (
+        FEE_BPS,
+        SETTLEMENT_WINDOW,
+        MIN_STAKE,
     )
-    roles = Roles(curator=curator, slasher=curator, treasurer=treasurer)
-    s = deploy_system(project, deployer, params, roles)
+    assert [(t.symbol, t.min_deposit) for t in defaults.tokens] == [
+        ("ETH", ETH_MIN_DEPOSIT),
+        ("USDC", USDC_MIN_DEPOSIT),
+    ]
+    s, deployer, treasurer = system, admin, treasury
+    host, host2 = hosts[0], hosts[1]
+    alice, bob, mallory = clients
+    payee = outsider
 
     for repo, file in ((MODEL_REPO, MODEL_FILE), (OTHER_MODEL_REPO, OTHER_MODEL_FILE)):
         s.model_registry.addModel(repo, file, keccak(text=file), 1234, "{}", sender=curator)
@@ -72,6 +95,7 @@ def env(project: Any, accounts: Any) -> Env:
     return Env(
         deployer=deployer,
         curator=curator,
+        slasher=slasher,
         treasurer=treasurer,
         host=host,
         host2=host2,

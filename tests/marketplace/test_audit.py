@@ -4,7 +4,7 @@ on the contracts from before the fix. docs/security.md lists them by name."""
 from __future__ import annotations
 
 import pytest
-from marketplace_helpers import (
+from support.marketplace import (
     ETH_DEPOSIT,
     ETH_PRICE,
     FEE_BPS,
@@ -13,14 +13,13 @@ from marketplace_helpers import (
     SETTLEMENT_WINDOW,
     ZERO,
     Status,
-    deploy_reverts,
     open_eth,
     open_usdc,
     register_contract_host,
-    reverts,
     sign,
     token_totals,
 )
+from support.reverts import deploy_reverts, reverts
 
 from fabstir.chain.books import VaultBooks
 
@@ -56,7 +55,7 @@ def test_no_session_outlives_the_unbonding_period(env, session_key, chain):
 
     # Until then the stake is there to slash.
     chain.pending_timestamp = unbonded - 1
-    nodes.slash(host, 1, "still bound", sender=env.curator)
+    nodes.slash(host, 1, "still bound", sender=env.slasher)
     with reverts(nodes.UnbondingNotOver, endsAt=unbonded):
         nodes.withdrawStake(sender=host)
     # The moment it can leave, the session is finalizable by anyone.
@@ -426,7 +425,7 @@ def test_no_role_moves_a_users_balance_or_escrow(env, session_key, chain):
     mk.pause(sender=d)  # pauser
     mk.configureToken(usdc, False, 0, sender=d)  # token admin: delist
     env.models.deactivateModel(MODEL_ID, sender=env.curator)  # curator
-    env.nodes.slash(env.host, 10**18, "test", sender=env.curator)  # slasher
+    env.nodes.slash(env.host, 10**18, "test", sender=env.slasher)  # slasher
     for who in (d, env.curator, env.treasurer, env.host):
         with reverts(mk.OnlyLedger):
             mk.payout(usdc, who, 1, sender=who)

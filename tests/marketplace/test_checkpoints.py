@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from eth_keys import keys
-from marketplace_helpers import (
+from support.marketplace import (
     DEPOSIT,
     DURATION,
     MAX_TOKENS,
@@ -17,9 +17,9 @@ from marketplace_helpers import (
     content_hash,
     deploy_marketplace,
     open_usdc,
-    reverts,
     sign,
 )
+from support.reverts import reverts
 
 from fabstir.protocol.receipts import (
     CHECKPOINT_TYPEHASH,

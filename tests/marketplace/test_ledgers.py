@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marketplace_helpers import (
+from support.marketplace import (
     ETH_DEPOSIT,
     ETH_MIN_DEPOSIT,
     ETH_PRICE,
@@ -11,14 +11,13 @@ from marketplace_helpers import (
     SETTLEMENT_WINDOW,
     ZERO,
     deploy_marketplace,
-    deploy_reverts,
     domain_of,
     fees,
     open_eth,
     open_usdc,
-    reverts,
     sign,
 )
+from support.reverts import deploy_reverts, reverts
 
 DAY = 24 * 3600
 

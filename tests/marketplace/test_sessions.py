@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from marketplace_helpers import (
+from support.marketplace import (
     DEPOSIT,
     DURATION,
     ETH_DEPOSIT,
@@ -21,10 +21,9 @@ from marketplace_helpers import (
     Status,
     fees,
     open_usdc,
-    reverts,
     sign,
-    view_reverts,
 )
+from support.reverts import reverts, view_reverts
 
 DAY = 24 * 3600
 
@@ -220,7 +219,7 @@ def _unregister(env):
 
 
 def _slash(env):
-    env.nodes.slash(env.host, 1, "test", sender=env.curator)
+    env.nodes.slash(env.host, 1, "test", sender=env.slasher)
 
 
 def _stop_usdc(env):

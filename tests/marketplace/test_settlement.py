@@ -4,7 +4,7 @@ money math, conservation, and the attacks on the ending rules."""
 from __future__ import annotations
 
 import pytest
-from marketplace_helpers import (
+from support.marketplace import (
     DEPOSIT,
     ETH_DEPOSIT,
     ETH_PRICE,
@@ -21,10 +21,10 @@ from marketplace_helpers import (
     domain_of,
     open_eth,
     open_usdc,
-    reverts,
     sign,
     token_totals,
 )
+from support.reverts import reverts
 
 ODD_PRICE = 123
 ODD_DEPOSIT = 1_000_200  # -> 8131 tokens, escrow 1_000_113, 87 left in the balance

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ape
 import pytest
-from marketplace_helpers import (
+from support.marketplace import (
     DURATION,
     ETH_DEPOSIT,
     ETH_PRICE,
@@ -14,15 +14,14 @@ from marketplace_helpers import (
     MODEL_ID,
     PRICE,
     PROOF_INTERVAL,
-    REENTRANT_CALL_SELECTOR,
     USDC_MIN_DEPOSIT,
     ZERO,
     Status,
     open_eth,
     register_contract_host,
-    reverts,
     sign,
 )
+from support.reverts import REENTRANT_CALL_SELECTOR, reverts
 
 AMOUNT = 10 * USDC_MIN_DEPOSIT
 

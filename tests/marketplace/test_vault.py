@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marketplace_helpers import (
+from support.marketplace import (
     ETH_MIN_DEPOSIT,
     FEE_BPS,
     SETTLEMENT_WINDOW,
@@ -10,8 +10,8 @@ from marketplace_helpers import (
     USDC_UNIT,
     ZERO,
     fees,
-    reverts,
 )
+from support.reverts import reverts
 
 # ----------------------------------------------------------------- deposit
 

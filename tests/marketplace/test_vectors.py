@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from marketplace_helpers import ZERO
+from support.marketplace import ZERO
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "receipts.json"
 

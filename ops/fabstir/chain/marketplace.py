@@ -158,5 +158,5 @@ class SettleItem:
     def as_tuple(self) -> tuple[int, int, bytes, bytes]:
         """The item as the contract's SettleItem struct (a receipt's call_args)."""
         if self.receipt is None:
-            return (self.session_id, 0, bytes(32), b"")
+            return Receipt.no_receipt_args(self.session_id)
         return self.receipt.call_args()

@@ -226,7 +226,8 @@ class HostServer:
             ends_at=session.ends_at,
         )
         record = await self.store.register(terms)
-        acked = (record.receipt_tokens, record.receipt_hash or GENESIS_HEX)
+        stored = record.receipt
+        acked = (0, GENESIS_HEX) if stored is None else (stored.tokens_used, stored.content_hash)
         if session.tokens_used > acked[0]:
             # The chain holds a newer receipt than this host stored (submitted by the
             # client, or the host lost its database): continue from that one.
@@ -699,9 +700,7 @@ class Connection:
             return
         store = self.server.store
         tokens = receipt.tokens_used
-        if not await store.save_receipt(
-            s.session_id, tokens, receipt.content_hash, receipt.signature
-        ):
+        if not await store.save_receipt(receipt):
             record = await store.get(s.session_id)
             if record is None or record.receipt_tokens < tokens:
                 await self.error(

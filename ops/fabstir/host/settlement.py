@@ -39,7 +39,6 @@ from fabstir.errors import SDKErrorCode
 from fabstir.host.chain import HostChain
 from fabstir.host.metrics import HostMetrics, kv
 from fabstir.host.store import SessionRecord, SessionStore
-from fabstir.protocol.receipts import Receipt
 
 log = logging.getLogger(__name__)
 
@@ -298,11 +297,8 @@ class SettlementLoop:
 
     @staticmethod
     def _item(rec: SessionRecord) -> SettleItem:
-        if rec.has_unsubmitted_receipt:
-            assert rec.receipt_hash is not None and rec.receipt_sig is not None
-            return SettleItem.of(
-                Receipt(rec.session_id, rec.receipt_tokens, rec.receipt_hash, rec.receipt_sig)
-            )
+        if rec.receipt is not None and rec.has_unsubmitted_receipt:
+            return SettleItem.of(rec.receipt)
         return SettleItem(rec.session_id)
 
     async def _settle_batch(self, records: Sequence[SessionRecord]) -> None:

@@ -16,13 +16,19 @@ another identity raises `StoreIdentityError` (session ids are per deployment: an
 old chain's "session 1" must never stand for a new chain's). By default each
 identity gets its own file (`ChainIdentity.file_name`). The schema is versioned
 (`PRAGMA user_version`); `_MIGRATIONS` brings an older file up to date in place,
-keeping its rows.
+keeping its rows; a new file gets the newest schema at once.
+
+The newest receipt of a session is kept whole, as `protocol.receipts.Receipt`: the
+`receipt` column holds its JSON (`Receipt.to_dict`) and `receipt_tokens` repeats its
+`tokens_used` for the SQL that compares and sums counts. The store never looks inside
+otherwise, so a new receipt field needs no column and no migration here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import sqlite3
 import time
@@ -34,6 +40,7 @@ from typing import Any, Final, Literal, TypeVar
 
 from fabstir.host.config import ConfigError
 from fabstir.host.metrics import kv
+from fabstir.protocol.receipts import Receipt
 
 T = TypeVar("T")
 
@@ -43,8 +50,9 @@ State = Literal["open", "closing", "settled", "failed"]
 STATES: Final = ("open", "closing", "settled", "failed")
 
 #: Version 0: the unversioned schema (sessions only). 1: the `store_meta` table with the
-#: chain identity.
-SCHEMA_VERSION: Final = 1
+#: chain identity. 2: the receipt kept whole in `receipt` (JSON) instead of the columns
+#: `receipt_hash` and `receipt_sig`.
+SCHEMA_VERSION: Final = 2
 
 _SESSIONS: Final = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -57,8 +65,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     proof_interval   INTEGER NOT NULL,
     ends_at          INTEGER NOT NULL,
     receipt_tokens   INTEGER NOT NULL DEFAULT 0,
-    receipt_hash     TEXT,
-    receipt_sig      TEXT,
+    receipt          TEXT,
     submitted_tokens INTEGER NOT NULL DEFAULT 0,
     state            TEXT    NOT NULL DEFAULT 'open'
                      CHECK (state IN ('open', 'closing', 'settled', 'failed')),
@@ -71,9 +78,24 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state);
 """
 
+_META: Final = "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+
+#: The newest schema, for a new file.
+_SCHEMA: Final = _SESSIONS + _META
+
 #: Statements that take a file from version N to N + 1, by N.
 _MIGRATIONS: Final[dict[int, str]] = {
-    0: "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    0: _META,
+    # Only rows with a signature held a receipt (receipt_tokens 0 and NULLs otherwise).
+    1: """
+    ALTER TABLE sessions ADD COLUMN receipt TEXT;
+    UPDATE sessions SET receipt = json_object(
+        'session_id', session_id, 'tokens_used', receipt_tokens,
+        'content_hash', receipt_hash, 'signature', receipt_sig)
+    WHERE receipt_sig IS NOT NULL;
+    ALTER TABLE sessions DROP COLUMN receipt_hash;
+    ALTER TABLE sessions DROP COLUMN receipt_sig;
+    """,
 }
 
 
@@ -109,7 +131,7 @@ class ChainIdentity:
 
 _COLUMNS: Final = (
     "session_id, client, session_key, token, price, max_tokens, proof_interval, ends_at, "
-    "receipt_tokens, receipt_hash, receipt_sig, submitted_tokens, state, close_reason, "
+    "receipt, submitted_tokens, state, close_reason, "
     "closing_since, last_activity, settle_tx, updated_at"
 )
 
@@ -140,9 +162,8 @@ class SessionRecord:
     max_tokens: int
     proof_interval: int
     ends_at: int
-    receipt_tokens: int
-    receipt_hash: str | None
-    receipt_sig: str | None
+    receipt: Receipt | None
+    """The newest stored receipt (None before the first)."""
     submitted_tokens: int
     state: State
     close_reason: str | None
@@ -155,12 +176,18 @@ class SessionRecord:
     def from_row(cls, row: tuple[Any, ...]) -> SessionRecord:
         values = list(row)
         values[4] = int(values[4])  # price is stored as decimal text (uint64 > int64)
+        values[8] = None if values[8] is None else Receipt.from_mapping(json.loads(values[8]))
         return cls(*values)
+
+    @property
+    def receipt_tokens(self) -> int:
+        """The newest stored receipt's `tokens_used` (0 before the first)."""
+        return 0 if self.receipt is None else self.receipt.tokens_used
 
     @property
     def has_unsubmitted_receipt(self) -> bool:
         """True when the newest receipt is newer than what the chain is known to hold."""
-        return self.receipt_tokens > self.submitted_tokens and self.receipt_sig is not None
+        return self.receipt is not None and self.receipt.tokens_used > self.submitted_tokens
 
 
 class SessionStore:
@@ -211,7 +238,9 @@ class SessionStore:
                 f"{self.path} has schema version {version}, newer than this worker's "
                 f"{SCHEMA_VERSION}; upgrade the worker"
             )
-        conn.executescript(_SESSIONS)
+        if version == 0 and not _has_table(conn, "sessions"):
+            conn.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            return
         while version < SCHEMA_VERSION:
             # One transaction per step: a crash leaves the file at a whole version.
             conn.executescript(
@@ -334,18 +363,17 @@ class SessionStore:
 
         return await self._run(run, time.time() if now is None else now)
 
-    async def save_receipt(
-        self, session_id: int, tokens: int, content_hash: str, signature: str
-    ) -> bool:
-        """Store a receipt if it is newer than the stored one and the session is not
-        settled. True when it was written (and is now durable)."""
+    async def save_receipt(self, receipt: Receipt) -> bool:
+        """Store `receipt` as its session's newest if it is newer than the stored one and
+        the session is not settled. True when it was written (and is now durable)."""
+        tokens = receipt.tokens_used
 
         def run(ts: float) -> bool:
             cur = self._db().execute(
-                "UPDATE sessions SET receipt_tokens = ?, receipt_hash = ?, receipt_sig = ?,"
+                "UPDATE sessions SET receipt_tokens = ?, receipt = ?,"
                 " last_activity = ?, updated_at = ?"
                 " WHERE session_id = ? AND receipt_tokens < ? AND state IN ('open', 'closing')",
-                (tokens, content_hash, signature, ts, ts, session_id, tokens),
+                (tokens, json.dumps(receipt.to_dict()), ts, ts, receipt.session_id, tokens),
             )
             return cur.rowcount == 1
 
@@ -407,3 +435,10 @@ class SessionStore:
             )
 
         await self._run(run, time.time())
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return row is not None

@@ -421,6 +421,13 @@ class Receipt:
             self.signature_bytes,
         )
 
+    @staticmethod
+    def no_receipt_args(session_id: int) -> tuple[int, int, bytes, bytes]:
+        """`call_args` of no receipt (a settleBatch item that settles as recorded): zero
+        tokens, zero hash, empty signature. Kept beside `call_args` so the struct's
+        layout is written in one place."""
+        return (session_id, 0, bytes(32), b"")
+
 
 class ReceiptSigner:
     """Signs receipts for one key on one domain; the fast path for streaming.

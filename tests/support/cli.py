@@ -1,4 +1,4 @@
-"""Helpers for the CLI suite (a plain module: test files import it by name).
+"""Running the `fabstir` CLI in tests, and the CLI suite's test accounts.
 
 `invoke` runs `fabstir` in-process through click's CliRunner (stdout and stderr
 apart); `run` runs the installed console script as a subprocess, the way a user
