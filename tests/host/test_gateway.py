@@ -23,6 +23,7 @@ import pytest
 from host_helpers import HOST_MIN_PRICE, HostEnv, TcpProxy, WorkerThread, wait_until
 from host_helpers import test_key as key_of
 from openai import AsyncOpenAI, OpenAI
+from support.rpc_proxy import FaultProxy
 
 from fabstir import models
 from fabstir.chain.deployments import ContractRecord, Deployment, write_deployment
@@ -340,6 +341,46 @@ def test_errors_are_openai_error_objects(gateway: Callable[..., GatewayThread]) 
     )
     assert not_json.status_code == 400
     assert not_json.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_chain_outage_is_503_chain_unavailable_never_a_bare_500(
+    market: Market, tmp_path: Path
+) -> None:
+    """Found by the soak (issue 15): during an RPC outage a request whose model list had
+    to be read from the chain got HTTP 500 without an error code."""
+    with FaultProxy(market.env.rpc_url) as proxy:
+        g = GatewayThread(
+            _proxied_sdk(market, tmp_path, proxy.url),
+            tmp_path / "gateway.db",
+            replace(POOL, models_ttl=0.01),
+            ServerSettings(port=0),
+        ).start()
+        try:
+            proxy.fail_next(-1, status=503)  # the RPC is down for everyone
+            with pytest.raises(openai.APIStatusError) as down:
+                g.client().chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+            assert down.value.status_code == 503
+            assert down.value.code == "chain_unavailable"
+            proxy.clear()  # back: the same gateway serves again
+            reply = g.client().chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+            assert reply.choices[0].message.content
+        finally:
+            proxy.clear()
+            g.stop()
+
+
+def _proxied_sdk(market: Market, tmp_path: Path, rpc_url: str) -> FabstirSDK:
+    sdk = FabstirSDK(
+        SDKConfig(
+            rpc_url=rpc_url,
+            chain_id=int(market.env.chain.chain_id),
+            contract_addresses=market.env.addresses,
+            use_deployment_file=False,
+            storage_dir=tmp_path / "storage",
+        )
+    )
+    sdk.authenticate(key_of(CLIENT))
+    return sdk
 
 
 def test_api_key_is_required_when_configured(gateway: Callable[..., GatewayThread]) -> None:

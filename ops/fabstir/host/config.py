@@ -148,6 +148,11 @@ class HostConfig:
         flag="--rpc-retries",
     )
     rpc_timeout: float = option(30.0, "Seconds per RPC call.")
+    confirmations: int | None = option(
+        None,
+        "Blocks on top of a settlement before it counts as final; deeper than any reorg "
+        "you expect (default: the chain's params; 1 on local chains).",
+    )
     system_prompt: str | None = option(
         "You are a helpful assistant.", "System prompt kept in every context window."
     )
@@ -205,6 +210,8 @@ class HostConfig:
             raise ConfigError("post_receipt_value must be positive (or None)")
         if self.expiry_margin < 0 or self.settlement_coalesce < 0:
             raise ConfigError("expiry_margin and settlement_coalesce must not be negative")
+        if self.confirmations is not None and self.confirmations < 1:
+            raise ConfigError("confirmations must be at least 1 (or None: the chain's)")
         if self.rpc_retry_attempts < 1:
             raise ConfigError("rpc_retry_attempts must be at least 1")
         if self.temperature < 0:

@@ -115,7 +115,7 @@ class HostWorker:
             fees=await asyncio.to_thread(lambda: fee_policy_for_chain(client.chain_id)),
             on_sent=journal.append,
             # Settled means final: a reorg before this depth re-sends the same tx.
-            confirmations=confirmations_for_chain(client.chain_id),
+            confirmations=cfg.confirmations or confirmations_for_chain(client.chain_id),
         )
         unfinished = await asyncio.to_thread(sender.adopt, journal.load())
         journal.keep(unfinished)
