@@ -369,7 +369,39 @@ def test_a_chain_outage_is_503_chain_unavailable_never_a_bare_500(
             g.stop()
 
 
-def _proxied_sdk(market: Market, tmp_path: Path, rpc_url: str) -> FabstirSDK:
+def test_a_close_during_a_chain_outage_is_retried_until_it_gets_through(
+    market: Market, tmp_path: Path
+) -> None:
+    """Found by the soak (issue 15): a session closed while the RPC was down raised out
+    of its background task ("exception was never retrieved") and the close was lost."""
+    with FaultProxy(market.env.rpc_url) as proxy:
+        g = GatewayThread(
+            _proxied_sdk(market, tmp_path, proxy.url, rpc_retries=1),
+            tmp_path / "gateway.db",
+            replace(POOL, settle_timeout=2.0, close_retry_delay=0.5),
+            ServerSettings(port=0),
+        ).start()
+        try:
+            g.client().chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+            [record] = g.ledger.sessions("open")
+            proxy.fail_next(-1, status=503)
+            assert g._loop is not None
+            closing = asyncio.run_coroutine_threadsafe(
+                g.gateway.pool._close_by_id(record.session_id), g._loop
+            )
+            threading.Event().wait(4.0)
+            proxy.clear()
+            closing.result(180)  # no exception escapes the close
+            assert g.ledger.sessions("open") == []
+            assert market.session(record.session_id).status != SessionStatus.ACTIVE
+        finally:
+            proxy.clear()
+            g.stop()
+
+
+def _proxied_sdk(
+    market: Market, tmp_path: Path, rpc_url: str, *, rpc_retries: int = 6
+) -> FabstirSDK:
     sdk = FabstirSDK(
         SDKConfig(
             rpc_url=rpc_url,
@@ -377,6 +409,7 @@ def _proxied_sdk(market: Market, tmp_path: Path, rpc_url: str) -> FabstirSDK:
             contract_addresses=market.env.addresses,
             use_deployment_file=False,
             storage_dir=tmp_path / "storage",
+            rpc_retries=rpc_retries,  # 1: an outage shows at once, not after the backoff
         )
     )
     sdk.authenticate(key_of(CLIENT))
