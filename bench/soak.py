@@ -74,6 +74,7 @@ FIRST_CLIENT = 10
 SETTLEMENT_WINDOW = 3600  # deployments/params/local.json
 SESSION_DURATION = 3600
 REORG_DEPTH = 2
+PIDS_FILE = "pids"  # in the workdir: every child process's pid (anvil's is in chain/)
 PROMPTS = (
     "What is the capital of France?",
     "Name a colour of the sky.",
@@ -197,6 +198,9 @@ class Process:
                 self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
                 start_new_session=True,
             )  # fmt: skip
+        # Every child's pid, so a caller that had to SIGKILL this run can still stop them.
+        with (self.log.parent / PIDS_FILE).open("a") as pids:
+            pids.write(f"{self.proc.pid}\n")
 
     def kill9(self) -> None:
         assert self.proc is not None
