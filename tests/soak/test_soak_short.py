@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_SECONDS = 75  # the faulted load phase; set-up and the end checks come on top
 TIMEOUT = 900
@@ -42,6 +44,10 @@ def _stop_leftovers(workdir: Path) -> list[int]:
     return alive
 
 
+@pytest.mark.skipif(
+    os.environ.get("FABSTIR_SOAK_SHORT") != "1",
+    reason="opt-in until it has passed 3 times in a row here: FABSTIR_SOAK_SHORT=1",
+)
 def test_short_soak_every_fault_once_and_every_check_holds(tmp_path: Path) -> None:
     workdir, out = tmp_path / "soak", tmp_path / "soak.json"
     cmd = [
