@@ -1,5 +1,7 @@
 """The short soak (issue 15): `bench/soak.py` for 75 s of load with fewer clients and
-every fault kind once, as its own process; every end check must hold. The soak stops
+every fault kind once, as its own process; every end check must hold. It passed 3
+times in a row on the 2-core dev machine with other test runs beside it (~5 min each:
+set-up and the end checks come on top of the 75 s). The soak stops
 what it starts; if it has to be killed, the pids it recorded are stopped here."""
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_SECONDS = 75  # the faulted load phase; set-up and the end checks come on top
@@ -44,10 +45,6 @@ def _stop_leftovers(workdir: Path) -> list[int]:
     return alive
 
 
-@pytest.mark.skipif(
-    os.environ.get("FABSTIR_SOAK_SHORT") != "1",
-    reason="opt-in until it has passed 3 times in a row here: FABSTIR_SOAK_SHORT=1",
-)
 def test_short_soak_every_fault_once_and_every_check_holds(tmp_path: Path) -> None:
     workdir, out = tmp_path / "soak", tmp_path / "soak.json"
     cmd = [
