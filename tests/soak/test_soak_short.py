@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_SECONDS = 75  # the faulted load phase; set-up and the end checks come on top
 TIMEOUT = 900
