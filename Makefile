@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := . tools/env.sh &&
 
-.PHONY: setup demo test invariants fuzz bench bench-host bench-demo bench-gateway lint clean
+.PHONY: setup demo test invariants fuzz bench bench-host bench-demo bench-gateway soak lint clean
 
 ## demo: set up, then one full paid session on an embedded local chain with the bundled model
 demo: setup
@@ -30,6 +30,12 @@ bench-host: setup
 
 bench-gateway: setup
 	@$(ENV) python bench/gateway.py
+
+## soak: the whole market under load and faults (DURATION seconds, default 1800; SEED)
+DURATION ?= 1800
+SEED ?= 15
+soak: setup
+	@$(ENV) python bench/soak.py --duration $(DURATION) --seed $(SEED)
 
 bench-demo: setup
 	@$(ENV) python bench/demo.py

@@ -23,6 +23,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from support.accounts import test_key as key_of
 from support.host_env import HOST_MIN_PRICE, HostEnv
+from support.rpc_proxy import FaultProxy
 from support.tcp_proxy import TcpProxy
 from support.waits import wait_until
 from support.worker import WorkerThread
@@ -343,6 +344,79 @@ def test_errors_are_openai_error_objects(gateway: Callable[..., GatewayThread]) 
     )
     assert not_json.status_code == 400
     assert not_json.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_chain_outage_is_503_chain_unavailable_never_a_bare_500(
+    market: Market, tmp_path: Path
+) -> None:
+    """Found by the soak (issue 15): during an RPC outage a request whose model list had
+    to be read from the chain got HTTP 500 without an error code."""
+    with FaultProxy(market.env.rpc_url) as proxy:
+        g = GatewayThread(
+            _proxied_sdk(market, tmp_path, proxy.url),
+            tmp_path / "gateway.db",
+            replace(POOL, models_ttl=0.01),
+            ServerSettings(port=0),
+        ).start()
+        try:
+            proxy.fail_next(-1, status=503)  # the RPC is down for everyone
+            with pytest.raises(openai.APIStatusError) as down:
+                g.client().chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+            assert down.value.status_code == 503
+            assert down.value.code == "chain_unavailable"
+            proxy.clear()  # back: the same gateway serves again
+            reply = g.client().chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+            assert reply.choices[0].message.content
+        finally:
+            proxy.clear()
+            g.stop()
+
+
+def test_a_close_during_a_chain_outage_is_retried_until_it_gets_through(
+    market: Market, tmp_path: Path
+) -> None:
+    """Found by the soak (issue 15): a session closed while the RPC was down raised out
+    of its background task ("exception was never retrieved") and the close was lost."""
+    with FaultProxy(market.env.rpc_url) as proxy:
+        g = GatewayThread(
+            _proxied_sdk(market, tmp_path, proxy.url, rpc_retries=1),
+            tmp_path / "gateway.db",
+            replace(POOL, settle_timeout=2.0, close_retry_delay=0.5),
+            ServerSettings(port=0),
+        ).start()
+        try:
+            g.client().chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+            [record] = g.ledger.sessions("open")
+            proxy.fail_next(-1, status=503)
+            assert g._loop is not None
+            closing = asyncio.run_coroutine_threadsafe(
+                g.gateway.pool._close_by_id(record.session_id), g._loop
+            )
+            threading.Event().wait(4.0)
+            proxy.clear()
+            closing.result(180)  # no exception escapes the close
+            assert g.ledger.sessions("open") == []
+            assert market.session(record.session_id).status != SessionStatus.ACTIVE
+        finally:
+            proxy.clear()
+            g.stop()
+
+
+def _proxied_sdk(
+    market: Market, tmp_path: Path, rpc_url: str, *, rpc_retries: int = 6
+) -> FabstirSDK:
+    sdk = FabstirSDK(
+        SDKConfig(
+            rpc_url=rpc_url,
+            chain_id=int(market.env.chain.chain_id),
+            contract_addresses=market.env.addresses,
+            use_deployment_file=False,
+            storage_dir=tmp_path / "storage",
+            rpc_retries=rpc_retries,  # 1: an outage shows at once, not after the backoff
+        )
+    )
+    sdk.authenticate(key_of(CLIENT))
+    return sdk
 
 
 def test_api_key_is_required_when_configured(gateway: Callable[..., GatewayThread]) -> None:

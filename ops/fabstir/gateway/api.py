@@ -92,6 +92,21 @@ def no_host(model: str, why: str = "") -> ApiError:
     )
 
 
+def chain_unavailable(message: str) -> ApiError:
+    """The chain (its RPC) could not be reached: a passing outage, so 503 and retry."""
+    return ApiError(
+        503,
+        f"The marketplace's chain is unreachable right now ({message}); try again later.",
+        type="server_error",
+        code="chain_unavailable",
+    )
+
+
+def marketplace_error(code: str, message: str) -> ApiError:
+    """Any other marketplace (SDK) failure, named by its SDK error code."""
+    return ApiError(502, message, type="server_error", code=code.lower())
+
+
 def host_failed(message: str) -> ApiError:
     return ApiError(502, message, type="server_error", code="host_failed")
 

@@ -66,6 +66,10 @@ class PoolConfig:
     queue_timeout: float = 60.0
     settle_timeout: float = 30.0
     models_ttl: float = 10.0
+    #: A close that meets a chain outage is retried this often, waiting this long
+    #: first (doubling): 1 + 2 + ... + 64 s outlasts a two-minute outage.
+    close_attempts: int = 8
+    close_retry_delay: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -388,6 +392,23 @@ class SessionPool:
         await self._close_by_id(s.session_id)
 
     async def _close_by_id(self, session_id: int) -> None:
+        """Close a session; a chain outage (NETWORK_ERROR) is waited out with backoff,
+        so a close begun during one is not lost (nor its exception left unretrieved)."""
+        delay = self.config.close_retry_delay
+        for attempt in range(self.config.close_attempts):
+            try:
+                await self._close_once(session_id)
+                return
+            except SDKError as exc:
+                last = attempt == self.config.close_attempts - 1
+                if exc.code is not SDKErrorCode.NETWORK_ERROR or last:
+                    log.warning("session %s could not be closed: %s", session_id, exc)
+                    return
+                log.info("closing session %s: chain unreachable, retry in %.1fs", session_id, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    async def _close_once(self, session_id: int) -> None:
         try:
             result = await self._sm.complete_session(
                 session_id, settle_timeout=self.config.settle_timeout
@@ -406,6 +427,8 @@ class SessionPool:
                 self._sdk.get_session_job_manager().get_session, session_id
             )
             if info.status == SessionStatus.ACTIVE:
+                if exc.code is SDKErrorCode.NETWORK_ERROR:
+                    raise  # the close did not get through: _close_by_id tries again
                 log.warning("session %s could not be closed: %s", session_id, exc)
                 return
             tokens = info.tokens_used

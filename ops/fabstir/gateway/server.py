@@ -33,8 +33,10 @@ from fabstir.gateway.api import (
     ApiError,
     CompletionRequest,
     bad_request,
+    chain_unavailable,
     finish_reason,
     host_failed,
+    marketplace_error,
     no_host,
     parse_completion_request,
     unauthorized,
@@ -177,6 +179,15 @@ class Gateway:
             return await handler(request)
         except ApiError as exc:
             return web.json_response(exc.body(), status=exc.status)
+        except SDKError as exc:
+            # A chain outage reaches here from any chain read (models, hosts): the client
+            # gets an OpenAI error with a code it can act on, never a bare 500.
+            log.warning("request %s %s failed: %s", request.method, request.path, exc)
+            if exc.code is SDKErrorCode.NETWORK_ERROR:
+                error = chain_unavailable(exc.message)
+            else:
+                error = marketplace_error(exc.code.value, exc.message)
+            return web.json_response(error.body(), status=error.status)
         except web.HTTPException as exc:
             error = ApiError(
                 exc.status, exc.reason or "error", type="invalid_request_error", code=None

@@ -1,0 +1,63 @@
+"""A reorg that drops the worker's settlement (found by the soak, issue 15): with
+`confirmations` deeper than the reorg, the worker re-sends the same settlement and the
+client's receipt is paid; before, the worker took one block as final on a local chain
+and a reorg left the session unpaid by the host (finalized later with an older receipt)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from support.host_env import HostEnv
+from support.protocol_client import start_session
+from support.waits import run, wait_until
+from web3 import Web3
+
+from fabstir.host.config import ConfigError
+
+
+def _rpc(hostenv: HostEnv, method: str, *params: Any) -> Any:
+    w3 = Web3(Web3.HTTPProvider(hostenv.rpc_url))
+    return w3.provider.make_request(method, list(params)).get("result")  # type: ignore[arg-type]
+
+
+def test_settlement_dropped_by_a_reorg_is_sent_again(hostenv: HostEnv, start_worker: Any) -> None:
+    w = start_worker(settlement_interval=0.5, settlement_coalesce=0.1, confirmations=3)
+    assert w.worker is not None and w.worker.chain is not None
+    assert w.worker.chain.sender.confirmations == 3
+    opened = hostenv.open_session()
+    sid = opened.session_id
+
+    async def scenario() -> int:
+        client = await start_session(w.url, opened)
+        await client.ask("Name a river.", 8)
+        await client.close_session()
+        return client.tokens
+
+    tokens = run(scenario())
+    assert tokens > 0
+    mk = hostenv.mk
+    wait_until(lambda: mk.getSession(sid).status == 3 or None, timeout=30)  # Settled
+    # The block holding the settlement is replaced by an empty one.
+    _rpc(hostenv, "anvil_reorg", 1, [])
+    assert mk.getSession(sid).status != 3
+    stop = threading.Event()
+
+    def miner() -> None:
+        while not stop.wait(0.3):
+            _rpc(hostenv, "evm_mine")
+
+    t = threading.Thread(target=miner)
+    t.start()
+    try:
+        wait_until(lambda: mk.getSession(sid).status == 3 or None, timeout=60)
+    finally:
+        stop.set()
+        t.join()
+    assert mk.getSession(sid).tokensUsed == tokens
+
+
+def test_confirmations_must_be_at_least_one(make_config: Any) -> None:
+    with pytest.raises(ConfigError):
+        make_config(confirmations=0)
