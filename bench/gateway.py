@@ -184,10 +184,11 @@ class Bench:
             for line in response.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                if not first and '"content":"' in line and '"content":""' not in line:
+                chunk = json.loads(line[6:])
+                if not first and any(c["delta"].get("content") for c in chunk["choices"]):
                     first = time.perf_counter() - t0
-                if '"usage"' in line:
-                    tokens = json.loads(line[6:])["usage"]["completion_tokens"]
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
         return first, time.perf_counter() - t0, tokens
 
     # ------------------------------------------------------------------ gas
