@@ -190,9 +190,10 @@ class HostServer:
         try:
             onchain, now = await self.chain.session_and_time(sid)
         except ChainUnavailable:
-            raise SDKError(
-                SDKErrorCode.SERVICE_UNAVAILABLE, "the host cannot reach its chain; retry later"
-            ) from None
+            # A session this host already serves can still be wound up: its terms and
+            # newest receipt are in the store, and settling is the loop's job (it
+            # retries until the chain answers). Anything else must wait for the chain.
+            return await self._open_offline(init, nonce, conn)
         session = check_servable(
             onchain,
             session_id=sid,
@@ -257,6 +258,7 @@ class HostServer:
             )
             self.sessions[sid] = served
             resumed = "history" if init.history else ("receipt" if acked[0] else None)
+        served.offline = False
         served.owner = conn
         log.info(
             kv(
@@ -270,6 +272,64 @@ class HostServer:
                 peer=conn.peer,
             )
         )
+        return served
+
+    async def _open_offline(self, init: SessionInit, nonce: str, conn: Connection) -> ServedSession:
+        """session_init while the chain is unreachable: admitted for receipts and `close`
+        only (`ServedSession.offline`; prompts get SERVICE_UNAVAILABLE), when the session
+        is open in the store and the init is signed by its stored session key. Without
+        this, a client closing during an outage was turned away and its session waited
+        for the idle timeout."""
+        sid = init.session_id
+        record = await self.store.get(sid)
+        if record is None:
+            raise SDKError(
+                SDKErrorCode.SERVICE_UNAVAILABLE, "the host cannot reach its chain; retry later"
+            )
+        if record.state != "open":
+            raise SessionRejected(
+                SDKErrorCode.INVALID_SESSION_STATE,
+                f"session {sid} is {record.state} on this host; open a new session",
+            )
+        try:
+            signer = recover_session_init_signer(self.domain, sid, nonce, init.signature)
+        except InvalidSignatureError as exc:
+            raise SDKError(SDKErrorCode.INVALID_PROOF, exc.message) from None
+        if not same_address(signer, record.session_key):
+            raise SDKError(
+                SDKErrorCode.WRONG_SIGNER,
+                f"session_init signed by {signer}, not the session key {record.session_key}",
+            )
+        terms = SessionTerms(
+            session_id=sid,
+            client=record.client,
+            session_key=record.session_key,
+            token=record.token,
+            price=record.price,
+            max_tokens=record.max_tokens,
+            proof_interval=record.proof_interval,
+            ends_at=record.ends_at,
+        )
+        stored = record.receipt
+        acked = (0, GENESIS_HEX) if stored is None else (stored.tokens_used, stored.content_hash)
+        served = self.sessions.get(sid)
+        if served is not None:
+            previous = served.owner
+            if isinstance(previous, Connection) and previous is not conn:
+                await previous.terminate(
+                    SDKErrorCode.INVALID_SESSION_STATE,
+                    "the session was resumed on a new connection",
+                )
+            served.terms = terms
+            served.rollback(*acked)
+        else:
+            served = ServedSession(
+                terms, acked_tokens=acked[0], acked_hash=acked[1], turns=history_turns(init.history)
+            )
+            self.sessions[sid] = served
+        served.offline = True
+        served.owner = conn
+        log.warning(kv("session_ready_offline", session=sid, tokens=acked[0], peer=conn.peer))
         return served
 
     async def close_session(self, s: ServedSession, reason: str) -> None:
@@ -643,6 +703,16 @@ class Connection:
             return
         if not msg.text.strip():
             await self.error(SDKErrorCode.INVALID_ARGUMENT, "the prompt is empty", msg.id)
+            return
+        if s.offline:
+            # Admitted while the chain was unreachable: the session's on-chain state was
+            # never checked, so nothing is served; receipts and close still work.
+            await self.error(
+                SDKErrorCode.SERVICE_UNAVAILABLE,
+                "the host cannot reach its chain: it takes receipts and close only; "
+                "reconnect to prompt once it can",
+                msg.id,
+            )
             return
         if time.time() >= s.terms.ends_at - self.server.config.expiry_margin:
             await self.error(

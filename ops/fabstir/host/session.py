@@ -138,6 +138,9 @@ class ServedSession:
         self.closed = False
         #: The connection serving the session now (server.Connection), if any.
         self.owner: object | None = None
+        #: Admitted while the chain was unreachable (not checked on chain): receipts and
+        #: close only. A later session_init with the chain reachable clears it.
+        self.offline = False
 
     @property
     def session_id(self) -> int:
