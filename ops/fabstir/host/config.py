@@ -147,6 +147,13 @@ class HostConfig:
         "Blocks on top of a settlement before the store calls it settled; a reorg before "
         "then re-sends the same transaction (default: the network's, deployments/params).",
     )
+    settled_recheck_window: float = option(
+        3600.0,
+        "Seconds after a settlement during which each chain poll checks that the chain "
+        "still holds it; one a reorg deeper than --confirmations undid is sent again "
+        "with the stored receipt (0: never re-check).",
+        flag="--recheck-settled",
+    )
     rpc_retry_attempts: int = option(
         6,
         "Attempts of each RPC call before the chain counts as unavailable.",
@@ -208,6 +215,8 @@ class HostConfig:
                 raise ConfigError(f"{name} must be positive")
         if self.confirmations is not None and self.confirmations < 1:
             raise ConfigError("confirmations must be at least 1")
+        if not self.settled_recheck_window >= 0:
+            raise ConfigError("settled_recheck_window (--recheck-settled) must not be negative")
         if self.post_receipt_value is not None and self.post_receipt_value <= 0:
             raise ConfigError("post_receipt_value must be positive (or None)")
         if self.expiry_margin < 0 or self.settlement_coalesce < 0:

@@ -11,6 +11,10 @@ transaction):
    seconds): a client's on-chain `requestClose` (status Closing) makes the
    session `closing` at once, so the newest receipt lands inside the
    settlement window; one settled by someone else is recorded as settled.
+   Sessions settled within the last `recheck_window` seconds are asked again:
+   one the chain no longer shows settled (a reorg deeper than the confirmations
+   undid it) goes back to `closing` with what the chain now holds, and step 3
+   sends its stored receipt again.
 3. Every `closing` session is settled with ONE `settleBatch` transaction (up to
    100 per transaction). An item carries the newest stored receipt when it is
    newer than what the chain is known to hold, else `tokensUsed = 0` (settle
@@ -65,6 +69,7 @@ class SettlementLoop:
         idle_timeout: float,
         expiry_margin: float,
         post_receipt_value: int | None = None,
+        recheck_window: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -77,6 +82,7 @@ class SettlementLoop:
         self.idle_timeout = idle_timeout
         self.expiry_margin = expiry_margin
         self.post_receipt_value = post_receipt_value
+        self.recheck_window = recheck_window
         self._risk_tokens: set[str] = set()
         self.clock = clock
         self._wake = asyncio.Event()
@@ -226,13 +232,38 @@ class SettlementLoop:
         if now - self._last_poll < self.poll_interval:
             return
         records = await self.store.by_state("open")
-        if not records:
-            self._last_poll = now
-            return
-        infos = await self.chain.sessions([r.session_id for r in records])
+        recent = (
+            await self.store.settled_since(now - self.recheck_window)
+            if self.recheck_window > 0
+            else []
+        )
+        ids = [r.session_id for r in (*records, *recent)]
+        infos = await self.chain.sessions(ids) if ids else {}
         self._last_poll = now
         for rec in records:
             await self._reconcile(rec, infos.get(rec.session_id))
+        for rec in recent:
+            await self._recheck_settled(rec, infos.get(rec.session_id))
+
+    async def _recheck_settled(self, rec: SessionRecord, info: OnChainSession | None) -> None:
+        """A settled row whose settlement the chain no longer shows goes back to
+        `closing` (its receipt was kept), to be settled again in this pass."""
+        if info is None or info.status == Status.SETTLED:
+            # Settled as recorded; or unknown altogether (the reorg took the session's
+            # creation too): nothing can be settled then.
+            return
+        if await self.store.unsettle(rec.session_id, info.tokens_used, "reorg"):
+            self.metrics.settlements.labels(outcome="reorged").inc()
+            log.warning(
+                kv(
+                    "settlement_reorged",
+                    session=rec.session_id,
+                    tx=rec.settle_tx,
+                    chain_status=info.status.name.lower(),
+                    chain_tokens=info.tokens_used,
+                    stored_tokens=rec.receipt_tokens,
+                )
+            )
 
     async def _reconcile(self, rec: SessionRecord, info: OnChainSession | None) -> None:
         sid = rec.session_id

@@ -8,7 +8,10 @@ acknowledge a receipt only after it is stored. A write already handed to the
 executor completes even if the awaiting coroutine is cancelled.
 
 Lifecycle of a row: `open` (being served) -> `closing` (waiting for the
-settlement loop) -> `settled`, or `failed` when the chain refused it for good.
+settlement loop) -> `settled`, or `failed` when the chain refused it for good. A
+`settled` row goes back to `closing` when a re-check finds the chain no longer holds
+its settlement (a reorg deeper than the confirmations); its receipt is never dropped,
+so it is settled again with the same receipt.
 
 A store belongs to one chain: `ChainIdentity` (chain id, genesis block hash,
 marketplace address) is recorded in it when it is created, and opening it with
@@ -51,8 +54,9 @@ STATES: Final = ("open", "closing", "settled", "failed")
 
 #: Version 0: the unversioned schema (sessions only). 1: the `store_meta` table with the
 #: chain identity. 2: the receipt kept whole in `receipt` (JSON) instead of the columns
-#: `receipt_hash` and `receipt_sig`.
-SCHEMA_VERSION: Final = 2
+#: `receipt_hash` and `receipt_sig`. 3: `settled_at` (when the row became settled), which
+#: bounds the re-check of settlements after a reorg.
+SCHEMA_VERSION: Final = 3
 
 _SESSIONS: Final = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -73,7 +77,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     closing_since    REAL,
     last_activity    REAL    NOT NULL,
     settle_tx        TEXT,
-    updated_at       REAL    NOT NULL
+    updated_at       REAL    NOT NULL,
+    settled_at       REAL
 );
 CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state);
 """
@@ -95,6 +100,11 @@ _MIGRATIONS: Final[dict[int, str]] = {
     WHERE receipt_sig IS NOT NULL;
     ALTER TABLE sessions DROP COLUMN receipt_hash;
     ALTER TABLE sessions DROP COLUMN receipt_sig;
+    """,
+    # Rows settled before: their last update is when they were settled.
+    2: """
+    ALTER TABLE sessions ADD COLUMN settled_at REAL;
+    UPDATE sessions SET settled_at = updated_at WHERE state = 'settled';
     """,
 }
 
@@ -132,7 +142,7 @@ class ChainIdentity:
 _COLUMNS: Final = (
     "session_id, client, session_key, token, price, max_tokens, proof_interval, ends_at, "
     "receipt, submitted_tokens, state, close_reason, "
-    "closing_since, last_activity, settle_tx, updated_at"
+    "closing_since, last_activity, settle_tx, updated_at, settled_at"
 )
 
 
@@ -171,6 +181,8 @@ class SessionRecord:
     last_activity: float
     settle_tx: str | None
     updated_at: float
+    settled_at: float | None
+    """When the row became settled (None unless settled)."""
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> SessionRecord:
@@ -419,12 +431,34 @@ class SessionStore:
             self._db().execute(
                 "UPDATE sessions SET state = 'settled', settle_tx = COALESCE(?, settle_tx),"
                 " submitted_tokens = MAX(submitted_tokens, COALESCE(?, 0)),"
-                " close_reason = COALESCE(?, close_reason), updated_at = ?"
+                " close_reason = COALESCE(?, close_reason), updated_at = ?, settled_at = ?"
                 " WHERE session_id = ?",
-                (tx, tokens, note, ts, session_id),
+                (tx, tokens, note, ts, ts, session_id),
             )
 
         await self._run(run, time.time())
+
+    async def settled_since(self, since: float) -> list[SessionRecord]:
+        """Rows settled at or after `since` (the ones a reorg may still undo)."""
+        return await self._run(
+            self._select, "WHERE state = 'settled' AND settled_at >= ? ORDER BY session_id", since
+        )
+
+    async def unsettle(self, session_id: int, chain_tokens: int, reason: str) -> bool:
+        """settled -> closing: the chain no longer shows the settlement (a reorg undid
+        it). What the chain is known to hold goes back to `chain_tokens`, so the stored
+        receipt, if newer, is sent again. True if this call made the change."""
+
+        def run(ts: float) -> bool:
+            cur = self._db().execute(
+                "UPDATE sessions SET state = 'closing', submitted_tokens = ?,"
+                " close_reason = ?, closing_since = ?, settled_at = NULL, updated_at = ?"
+                " WHERE session_id = ? AND state = 'settled'",
+                (chain_tokens, reason, ts, ts, session_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(run, time.time())
 
     async def mark_failed(self, session_id: int, reason: str, *, tx: str | None = None) -> None:
         def run(ts: float) -> None:

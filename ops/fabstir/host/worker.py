@@ -180,6 +180,7 @@ class HostWorker:
             idle_timeout=cfg.idle_session_timeout,
             expiry_margin=cfg.expiry_margin,
             post_receipt_value=cfg.post_receipt_value,
+            recheck_window=cfg.settled_recheck_window,
         )
         await self.server.start()
         counts = await self.store.counts()
