@@ -148,6 +148,19 @@ class HostChain:
 
         return await asyncio.to_thread(run)
 
+    async def now(self) -> float:
+        """Now as the chain judges deadlines: the later of the wall clock and the newest
+        block's timestamp."""
+        return await asyncio.to_thread(
+            lambda: max(time.time(), float(self.client.block_timestamp()))
+        )
+
+    async def settlement_window(self) -> int:
+        """JobMarketplace.settlementWindow: seconds after a session's end (or a close
+        request) during which the host may still post a newer receipt."""
+        fn = self.marketplace.functions.settlementWindow()
+        return int(await asyncio.to_thread(self.client.call, fn, "settlementWindow"))
+
     async def sessions(self, session_ids: Sequence[int]) -> dict[int, OnChainSession | None]:
         """Several sessions (one call each, in one thread)."""
 

@@ -142,6 +142,15 @@ class HostConfig:
         "Post a session's newest receipt on chain once its unposted tokens are worth this "
         "much (payment token's smallest unit); bounds what an offline host can lose.",
     )
+    # Value at risk by time: the same posting once a session's deadline (its end plus
+    # the settlement window, after which anyone may finalize with what the chain holds)
+    # is this close, so a host that goes offline near the end keeps what it served.
+    post_receipt_before: float | None = option(
+        None,
+        "Post a session's newest unposted receipt on chain once the time left until the "
+        "session's end plus the settlement window is below this many seconds (0: off; "
+        "default: off on local chains, the settlement window plus one hour elsewhere).",
+    )
     confirmations: int | None = option(
         None,
         "Blocks on top of a settlement before the store calls it settled; a reorg before "
@@ -217,6 +226,8 @@ class HostConfig:
             raise ConfigError("confirmations must be at least 1")
         if not self.settled_recheck_window >= 0:
             raise ConfigError("settled_recheck_window (--recheck-settled) must not be negative")
+        if self.post_receipt_before is not None and not self.post_receipt_before >= 0:
+            raise ConfigError("post_receipt_before (--post-receipt-before) must not be negative")
         if self.post_receipt_value is not None and self.post_receipt_value <= 0:
             raise ConfigError("post_receipt_value must be positive (or None)")
         if self.expiry_margin < 0 or self.settlement_coalesce < 0:

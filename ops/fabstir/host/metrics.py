@@ -84,6 +84,13 @@ class HostMetrics:
             ["token"],
             registry=r,
         )
+        self.unposted_deadline = Gauge(
+            "fabstir_host_unposted_deadline_seconds",
+            "Value at risk by time: the smallest time left until a session's end plus the "
+            "settlement window (after it anyone may finalize with the receipt on chain) "
+            "across sessions with unposted receipts; +Inf when none has one.",
+            registry=r,
+        )
         self.settlement_lag = Gauge(
             "fabstir_host_settlement_lag_seconds",
             "Age of the oldest session waiting to be settled (0 when none waits).",

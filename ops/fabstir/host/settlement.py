@@ -15,6 +15,11 @@ transaction):
    one the chain no longer shows settled (a reorg deeper than the confirmations
    undid it) goes back to `closing` with what the chain now holds, and step 3
    sends its stored receipt again.
+   Value at risk: the newest receipt of an open session is posted on chain
+   (submitCheckpoint; the session stays open) once its unposted value reaches
+   `post_receipt_value`, or once the time left until its deadline (its end plus
+   the settlement window: after it anyone may finalize with what the chain
+   holds) is below `post_receipt_before` seconds.
 3. Every `closing` session is settled with ONE `settleBatch` transaction (up to
    100 per transaction). An item carries the newest stored receipt when it is
    newer than what the chain is known to hold, else `tokensUsed = 0` (settle
@@ -69,6 +74,8 @@ class SettlementLoop:
         idle_timeout: float,
         expiry_margin: float,
         post_receipt_value: int | None = None,
+        post_receipt_before: float | None = None,
+        settlement_window: int = 0,
         recheck_window: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -82,6 +89,11 @@ class SettlementLoop:
         self.idle_timeout = idle_timeout
         self.expiry_margin = expiry_margin
         self.post_receipt_value = post_receipt_value
+        self.post_receipt_before = post_receipt_before or None  # 0: off
+        self.settlement_window = settlement_window
+        #: How far the chain's clock was ahead of ours at the last look (a local chain
+        #: whose time was moved on); deadlines are the chain's.
+        self._chain_ahead = 0.0
         self.recheck_window = recheck_window
         self._risk_tokens: set[str] = set()
         self.clock = clock
@@ -195,8 +207,13 @@ class SettlementLoop:
         self.metrics.settlement_lag.set(await self.lag())
         self.metrics.receipted_tokens.set(await self.store.receipted_tokens())
         at_risk: dict[str, int] = {}
+        now = self.clock() + self._chain_ahead
+        soonest = float("inf")
         for rec in await self.store.by_state("open", "closing"):
             at_risk[rec.token] = at_risk.get(rec.token, 0) + _unposted_value(rec)
+            if rec.has_unsubmitted_receipt:
+                soonest = min(soonest, self._time_left(rec, now))
+        self.metrics.unposted_deadline.set(soonest)
         self._risk_tokens |= set(at_risk)
         for token in self._risk_tokens:  # a token with nothing at risk reads 0, not stale
             self.metrics.unposted_value.labels(token=token).set(at_risk.get(token, 0))
@@ -296,13 +313,38 @@ class SettlementLoop:
         elif info.tokens_used > rec.submitted_tokens:
             await self.store.set_submitted(sid, info.tokens_used)
 
+    def _time_left(self, rec: SessionRecord, now: float) -> float:
+        """Seconds until anyone may finalize the session with what the chain holds."""
+        return rec.ends_at + self.settlement_window - now
+
+    def _at_risk_because(self, rec: SessionRecord, now: float) -> str | None:
+        if not rec.has_unsubmitted_receipt:
+            return None
+        if self.post_receipt_value is not None and _unposted_value(rec) >= self.post_receipt_value:
+            return "value"
+        if self.post_receipt_before is not None and (
+            self._time_left(rec, now) < self.post_receipt_before
+        ):
+            return "deadline"
+        return None
+
     async def _post_at_risk(self) -> None:
         """Post the newest receipt of every open session whose unposted value reached
-        `post_receipt_value` (the session stays open; settlement comes later)."""
-        if self.post_receipt_value is None:
+        `post_receipt_value`, or whose deadline is within `post_receipt_before` (the
+        session stays open; settlement comes later)."""
+        if self.post_receipt_value is None and self.post_receipt_before is None:
             return
-        for rec in await self.store.by_state("open"):
-            if not rec.has_unsubmitted_receipt or _unposted_value(rec) < self.post_receipt_value:
+        records = [r for r in await self.store.by_state("open") if r.has_unsubmitted_receipt]
+        if not records:
+            return
+        now = self.clock()
+        if self.post_receipt_before is not None:
+            chain_now = await self.chain.now()
+            self._chain_ahead = max(0.0, chain_now - now)
+            now = max(now, chain_now)
+        for rec in records:
+            why = self._at_risk_because(rec, now)
+            if why is None:
                 continue
             item = self._item(rec)
             try:
@@ -315,6 +357,8 @@ class SettlementLoop:
                 kv(
                     "receipt_posted",
                     session=rec.session_id,
+                    reason=why,
+                    time_left=round(self._time_left(rec, now)),
                     tokens=rec.receipt_tokens,
                     value=_unposted_value(rec),
                     tx=tx,

@@ -169,6 +169,10 @@ class HostWorker:
             refresh_metrics=self._refresh_metrics,
             on_session_closing=self._wake_settlement,
         )
+        window = await chain.settlement_window()
+        post_before = cfg.post_receipt_before
+        if post_before is None:
+            post_before = default_post_receipt_before(chain_id, window)
         self.settlement = SettlementLoop(
             store=self.store,
             chain=chain,
@@ -180,6 +184,8 @@ class HostWorker:
             idle_timeout=cfg.idle_session_timeout,
             expiry_margin=cfg.expiry_margin,
             post_receipt_value=cfg.post_receipt_value,
+            post_receipt_before=post_before,
+            settlement_window=window,
             recheck_window=cfg.settled_recheck_window,
         )
         await self.server.start()
@@ -337,6 +343,18 @@ async def serve(
         for sig in installed:
             loop.remove_signal_handler(sig)
         await worker.stop()
+
+
+def default_post_receipt_before(chain_id: int, settlement_window: int) -> float | None:
+    """`--post-receipt-before` when not given: off on local chains (sessions there are
+    tests and demos); elsewhere the settlement window plus one hour, so receipts are
+    posted during a session's last hour and a host that dies then loses at most one
+    settlement pass's worth."""
+    from fabstir.chain.local import LOCAL_CHAIN_ID
+
+    if chain_id in (LOCAL_CHAIN_ID, 1337):
+        return None
+    return float(settlement_window + 3600)
 
 
 def _first_block(cfg: HostConfig, client: ChainClient, addresses: dict[str, str]) -> int:
