@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from web3.logs import DISCARD
 
 from fabstir.chain.client import ChainClient, ChainError, ChainUnavailable
+from fabstir.chain.l1fee import TxCost
 from fabstir.chain.logscan import LogScanError, event_logs
 from fabstir.chain.marketplace import (
     ModelStatus,
@@ -235,6 +236,13 @@ class HostChain:
             return self.sender.send(fn, what=f"submitCheckpoint({item.session_id})").tx_hash
 
         return await asyncio.to_thread(run)
+
+    async def settle_cost(self, items: Sequence[SettleItem]) -> TxCost:
+        """What one settleBatch of `items` would cost at most now: L2 gas at the max fee
+        plus, on an OP-stack chain (Base), the L1 data fee from the GasPriceOracle."""
+        fn = self.marketplace.functions.settleBatch([i.as_tuple() for i in items])
+        cost: TxCost = await asyncio.to_thread(self.sender.estimate, fn)
+        return cost
 
     async def settle_batch(self, items: Sequence[SettleItem]) -> BatchResult:
         """One settleBatch transaction; per-item outcomes from its events.

@@ -151,6 +151,18 @@ class HostConfig:
         "session's end plus the settlement window is below this many seconds (0: off; "
         "default: off on local chains, the settlement window plus one hour elsewhere).",
     )
+    # Batching: on Base most of a small settlement's cost can be the L1 data fee; a cap
+    # per session lets closes accumulate into one transaction while that is high.
+    max_settle_fee: int | None = option(
+        None,
+        "Hold a settlement batch back while its estimated cost per session (L2 gas at the "
+        "max fee plus, on Base, the L1 data fee; wei) is above this, so later closes share "
+        "the transaction; a session's end, an on-chain close request, shutdown or "
+        "--settle-defer-max sends it anyway (default: off).",
+    )
+    settle_defer_max: float = option(
+        3600.0, "Longest a closed session is held back for a cheaper batch (--max-settle-fee)."
+    )
     confirmations: int | None = option(
         None,
         "Blocks on top of a settlement before the store calls it settled; a reorg before "
@@ -228,6 +240,10 @@ class HostConfig:
             raise ConfigError("settled_recheck_window (--recheck-settled) must not be negative")
         if self.post_receipt_before is not None and not self.post_receipt_before >= 0:
             raise ConfigError("post_receipt_before (--post-receipt-before) must not be negative")
+        if self.max_settle_fee is not None and self.max_settle_fee <= 0:
+            raise ConfigError("max_settle_fee (--max-settle-fee) must be positive (or None)")
+        if not self.settle_defer_max >= 0:
+            raise ConfigError("settle_defer_max (--settle-defer-max) must not be negative")
         if self.post_receipt_value is not None and self.post_receipt_value <= 0:
             raise ConfigError("post_receipt_value must be positive (or None)")
         if self.expiry_margin < 0 or self.settlement_coalesce < 0:

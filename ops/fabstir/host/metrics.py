@@ -72,6 +72,12 @@ class HostMetrics:
         self.settlement_txs = Counter(
             "fabstir_host_settlement_transactions", "settleBatch transactions mined.", registry=r
         )
+        self.settlement_deferrals = Counter(
+            "fabstir_host_settlement_deferrals",
+            "Settlement batches held back because their cost per session (L2 gas plus the "
+            "L1 data fee) was above --max-settle-fee.",
+            registry=r,
+        )
         self.settlement_failures = Counter(
             "fabstir_host_settlement_failures",
             "Settlement passes that failed (RPC unreachable, transaction rejected).",

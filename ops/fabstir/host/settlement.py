@@ -21,7 +21,11 @@ transaction):
    the settlement window: after it anyone may finalize with what the chain
    holds) is below `post_receipt_before` seconds.
 3. Every `closing` session is settled with ONE `settleBatch` transaction (up to
-   100 per transaction). An item carries the newest stored receipt when it is
+   100 per transaction). With `max_settle_fee`, a batch whose estimated cost per
+   session (L2 gas at the max fee plus, on Base, the L1 data fee) is above it is
+   held back so that later closes share it, unless one of its sessions is due: an
+   on-chain close request or a reorged settlement (a window runs), the session's
+   end within `expiry_margin`, closing for `settle_defer_max`, or shutdown. An item carries the newest stored receipt when it is
    newer than what the chain is known to hold, else `tokensUsed = 0` (settle
    as recorded). Outcomes: Ok -> settled; NotOpen -> settled already;
    StaleReceipt -> settled again at once with `tokensUsed = 0`; anything else
@@ -43,6 +47,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from fabstir.chain.client import ChainError, ChainUnavailable, TxPending
+from fabstir.chain.l1fee import TxCost
 from fabstir.chain.marketplace import MAX_BATCH, OnChainSession, Outcome, SettleItem, Status
 from fabstir.errors import SDKErrorCode
 from fabstir.host.chain import HostChain
@@ -77,6 +82,8 @@ class SettlementLoop:
         post_receipt_before: float | None = None,
         settlement_window: int = 0,
         recheck_window: float = 0.0,
+        max_settle_fee: int | None = None,
+        settle_defer_max: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -95,6 +102,10 @@ class SettlementLoop:
         #: whose time was moved on); deadlines are the chain's.
         self._chain_ahead = 0.0
         self.recheck_window = recheck_window
+        self.max_settle_fee = max_settle_fee
+        self.settle_defer_max = settle_defer_max
+        #: The newest batch cost estimate (for operators and tests).
+        self.last_batch_cost: TxCost | None = None
         self._risk_tokens: set[str] = set()
         self.clock = clock
         self._wake = asyncio.Event()
@@ -129,7 +140,7 @@ class SettlementLoop:
         deadline = loop.time() + timeout
         delay = 0.5
         while True:
-            ok = await self.pass_once(poll_chain=False)
+            ok = await self.pass_once(poll_chain=False, force=True)
             if ok and not await self.store.by_state("closing"):
                 return True
             left = deadline - loop.time()
@@ -162,15 +173,16 @@ class SettlementLoop:
 
     # -- one pass
 
-    async def pass_once(self, *, poll_chain: bool = True) -> bool:
-        """One pass of the rules above; False when the chain could not be reached."""
+    async def pass_once(self, *, poll_chain: bool = True, force: bool = False) -> bool:
+        """One pass of the rules above; False when the chain could not be reached.
+        `force`: send every batch, however costly (shutdown)."""
         async with self._lock:
             self.passes += 1
             try:
                 await self._close_due()
                 if poll_chain:
                     await self._poll_chain()
-                await self._settle_closing()
+                await self._settle_closing(force=force)
                 await self._post_at_risk()
             except TxPending as exc:
                 # Sent but not mined (a fee spike, a gap): not an outage. The sender
@@ -365,10 +377,48 @@ class SettlementLoop:
                 )
             )
 
-    async def _settle_closing(self) -> None:
+    async def _settle_closing(self, *, force: bool = False) -> None:
         closing = await self.store.by_state("closing")
         for start in range(0, len(closing), MAX_BATCH):
-            await self._settle_batch(closing[start : start + MAX_BATCH])
+            batch = closing[start : start + MAX_BATCH]
+            if not force and await self._hold_back(batch):
+                continue
+            await self._settle_batch(batch)
+
+    def _due(self, rec: SessionRecord, now: float) -> bool:
+        """Settle now whatever it costs: a settlement window is running (close requested
+        on chain, a settlement a reorg undid), the session ends, or it waited enough."""
+        return (
+            rec.close_reason in ("client_request", "reorg")
+            or now >= rec.ends_at - self.expiry_margin
+            or now - (rec.closing_since or now) >= self.settle_defer_max
+        )
+
+    async def _hold_back(self, records: Sequence[SessionRecord]) -> bool:
+        """True when the batch costs more per session than `max_settle_fee` and none of
+        its sessions is due: it waits for more closes to share the transaction."""
+        cap = self.max_settle_fee
+        if cap is None:
+            return False
+        now = self.clock()
+        if any(self._due(r, now) for r in records):
+            return False
+        cost = await self.chain.settle_cost([self._item(r) for r in records])
+        self.last_batch_cost = cost
+        if cost.total <= cap * len(records):
+            return False
+        self.metrics.settlement_deferrals.inc()
+        log.info(
+            kv(
+                "settlement_held_back",
+                sessions=len(records),
+                cost=cost.total,
+                l2_fee=cost.l2_fee,
+                l1_fee=cost.l1_fee,
+                cap_per_session=cap,
+            )
+        )
+        return True
 
     @staticmethod
     def _item(rec: SessionRecord) -> SettleItem:

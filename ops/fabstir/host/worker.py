@@ -185,6 +185,8 @@ class HostWorker:
             expiry_margin=cfg.expiry_margin,
             post_receipt_value=cfg.post_receipt_value,
             post_receipt_before=post_before,
+            max_settle_fee=cfg.max_settle_fee,
+            settle_defer_max=cfg.settle_defer_max,
             settlement_window=window,
             recheck_window=cfg.settled_recheck_window,
         )
