@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from support.host_env import HostEnv
 from support.protocol_client import start_session
+from support.rpc_proxy import FaultProxy
 from support.waits import run, wait_until
 from support.worker import http_get, metric
 from web3 import Web3
@@ -106,6 +107,32 @@ def test_settlement_undone_by_a_reorg_deeper_than_the_confirmations_is_sent_agai
     assert again.settled_at > first.settled_at and again.receipt_tokens == tokens
     body = http_get(w.http + "/metrics")[2]
     assert metric(body, "fabstir_host_settlements_total", outcome="reorged") == 1
+
+
+def test_the_recheck_costs_one_receipt_lookup_per_settlement_transaction(
+    hostenv: HostEnv, start_worker: Any
+) -> None:
+    with FaultProxy(hostenv.rpc_url) as proxy:
+        w = start_worker(rpc_url=proxy.url, chain_poll_interval=0.2, settled_recheck_window=600.0)
+        sessions = [hostenv.open_session() for _ in range(3)]
+
+        async def scenario() -> None:
+            clients = [await start_session(w.url, s) for s in sessions]
+            for c in clients:
+                await c.ask("Name a bird.", 4)
+            for c in clients:
+                await c.close_session()
+
+        run(scenario())
+        for s in sessions:
+            wait_until(lambda s=s: w.record(s.session_id).state == "settled" or None, timeout=30)
+        lookups, reads = proxy.calls["eth_getTransactionReceipt"], proxy.calls["eth_call"]
+        wait_until(
+            lambda: proxy.calls["eth_getTransactionReceipt"] >= lookups + 5 or None, timeout=30
+        )
+        # Re-checked every poll, but with the transaction still on chain no session is
+        # read (getSession is an eth_call).
+        assert proxy.calls["eth_call"] == reads
 
 
 @pytest.mark.parametrize("value", [-1.0, float("nan")])

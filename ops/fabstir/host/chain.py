@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from web3.exceptions import TransactionNotFound
 from web3.logs import DISCARD
 
 from fabstir.chain.client import ChainClient, ChainError, ChainUnavailable
@@ -167,6 +168,26 @@ class HostChain:
 
         def run() -> dict[int, OnChainSession | None]:
             return {sid: self._get_session(sid) for sid in session_ids}
+
+        return await asyncio.to_thread(run)
+
+    async def mined(self, tx_hashes: Sequence[str]) -> set[str]:
+        """Those of `tx_hashes` the chain has a receipt for now (a transaction a reorg
+        took out has none)."""
+        w3 = self.client.w3
+
+        def receipt(tx_hash: str) -> bool:
+            try:
+                return w3.eth.get_transaction_receipt(tx_hash) is not None  # type: ignore[arg-type]
+            except TransactionNotFound:
+                return False
+
+        def run() -> set[str]:
+            return {
+                h
+                for h in tx_hashes
+                if self.client.retry.run(lambda h=h: receipt(h), "eth_getTransactionReceipt")  # type: ignore[misc]
+            }
 
         return await asyncio.to_thread(run)
 

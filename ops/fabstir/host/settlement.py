@@ -266,6 +266,11 @@ class SettlementLoop:
             if self.recheck_window > 0
             else []
         )
+        if recent:
+            # Cheap first: one receipt lookup per settlement transaction; only the
+            # sessions of one the chain no longer has (or settled by others) are read.
+            mined = await self.chain.mined(sorted({r.settle_tx for r in recent if r.settle_tx}))
+            recent = [r for r in recent if r.settle_tx not in mined]
         ids = [r.session_id for r in (*records, *recent)]
         infos = await self.chain.sessions(ids) if ids else {}
         self._last_poll = now
