@@ -10,23 +10,36 @@ without an L1 fee, on which the same batch is cheap enough to send."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from support.host_env import HostEnv
+from support.anvil import rpc
+from support.host_env import PRICE, HostEnv
 from support.protocol_client import start_session
 from support.waits import run, wait_until
 from support.worker import WorkerThread, http_get, metric
 from web3 import Web3
 
-from fabstir.chain.l1fee import GAS_PRICE_ORACLE
+from fabstir.chain.client import ChainClient
+from fabstir.chain.l1fee import GAS_PRICE_ORACLE, has_l1_fee
+from fabstir.chain.local import ChainInfo, LocalChain, free_port
+from fabstir.chain.local import test_private_key as key_of
+from fabstir.chain.transactions import TxSender
+from fabstir.host.chain import HostChain
 from fabstir.host.config import ConfigError
+from fabstir.host.metrics import HostMetrics
 from fabstir.host.settlement import SettlementLoop
+from fabstir.host.store import SessionStore, SessionTerms
+from fabstir.protocol.receipts import Receipt
 
 GWEI = 10**9
 CAP = 10**15  # wei per session: far above the L2 gas of a one-session batch here
 SETTLED, ACTIVE = 3, 1
+DAY = 86_400
 
 
 def _rpc(hostenv: HostEnv, method: str, *params: Any) -> Any:
@@ -124,3 +137,91 @@ def test_bad_batching_options_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=flag):
         make_config(**overrides)
+
+
+# ------------------------------------------------- on the 84532 rehearsal anvil
+
+
+class _NoConnections:
+    """The server side of the loop's hooks: no client is connected in this test."""
+
+    def is_connected(self, session_id: int) -> bool:
+        return False
+
+    async def end_session(self, session_id: int, code: Any, message: str) -> None:
+        return None
+
+
+@pytest.fixture
+def base_rehearsal(tmp_path: Path, project: Any) -> Iterator[ChainInfo]:
+    """An anvil with Base Sepolia's chain id whose GasPriceOracle predeploy holds the
+    stand-in (as in tests/chain/test_l1fee.py)."""
+    lc = LocalChain(tmp_path / "base")
+    info = lc.up(port=free_port(), chain_id=84532, persist=False)
+    try:
+        code = project.GasPriceOracleStandIn.contract_type.runtime_bytecode.bytecode
+        rpc(info.rpc_url, "anvil_setCode", GAS_PRICE_ORACLE, code)
+        yield info
+    finally:
+        lc.down()
+
+
+def test_on_the_base_rehearsal_the_l1_fee_decides_whether_a_batch_is_sent(
+    base_rehearsal: ChainInfo, tmp_path: Path
+) -> None:
+    """The settlement loop itself (real store, real chain client and sender) on chain
+    84532. No marketplace is deployed on this anvil: `JobMarketplace` names an account
+    without code, which takes the settleBatch calldata like any transaction, so the
+    batch is priced (L2 gas + the oracle's L1 fee on its bytes) and sent for real."""
+    url = base_rehearsal.rpc_url
+
+    def set_l1_base_fee(wei: int) -> None:
+        rpc(
+            url, "anvil_setStorageAt", GAS_PRICE_ORACLE, "0x0", "0x" + wei.to_bytes(32, "big").hex()
+        )
+
+    nobody = "0x" + "5e" * 20
+    client = ChainClient(
+        url, {"JobMarketplace": nobody, "ModelRegistry": nobody, "NodeRegistry": nobody}
+    )
+    assert client.chain_id == 84532 and has_l1_fee(client)
+    chain = HostChain(client, TxSender(client, key_of(1)))
+
+    async def scenario() -> None:
+        store = SessionStore(tmp_path / "host.db")
+        await store.open()
+        try:
+            now = time.time()
+            terms = SessionTerms(7, nobody, nobody, nobody, PRICE, 5000, 50, int(now) + DAY)
+            await store.register(terms)
+            receipt = Receipt(7, 120, "0x" + "ab" * 32, "0x" + "11" * 64 + "1b")
+            assert await store.save_receipt(receipt)
+            await store.mark_closing(7, "client")
+            loop = SettlementLoop(
+                store=store,
+                chain=chain,
+                metrics=HostMetrics(),
+                hooks=_NoConnections(),
+                interval=1.0,
+                poll_interval=60.0,
+                idle_timeout=600.0,
+                expiry_margin=30.0,
+                max_settle_fee=CAP,
+            )
+            set_l1_base_fee(10_000 * GWEI)
+            assert await loop.pass_once(poll_chain=False)
+            cost = loop.last_batch_cost
+            assert cost is not None and cost.l2_fee < CAP < cost.l1_fee
+            held = await store.get(7)
+            assert held is not None and held.state == "closing"  # held back
+
+            set_l1_base_fee(1)  # the L1 fee falls: the same batch goes out
+            assert await loop.pass_once(poll_chain=False)
+            cost = loop.last_batch_cost
+            assert cost is not None and cost.total < CAP
+            rec = await store.get(7)
+            assert rec is not None and rec.state == "settled" and rec.settle_tx is not None
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
