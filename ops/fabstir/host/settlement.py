@@ -15,21 +15,22 @@ transaction):
    one the chain no longer shows settled (a reorg deeper than the confirmations
    undid it) goes back to `closing` with what the chain now holds, and step 3
    sends its stored receipt again.
-   Value at risk: the newest receipt of an open session is posted on chain
+3. Every `closing` session is settled with ONE `settleBatch` transaction (up to
+   100 per transaction). An item carries the newest stored receipt when it is
+   newer than what the chain is known to hold, else `tokensUsed = 0` (settle
+   as recorded). Outcomes: Ok -> settled; NotOpen -> settled already;
+   StaleReceipt -> settled again at once with `tokensUsed = 0`; anything else
+   -> `failed`, with a log line. With `max_settle_fee`, a batch whose estimated
+   cost per session (L2 gas at the max fee plus, on Base, the L1 data fee) is
+   above it is held back so that later closes share it, unless one of its
+   sessions is due: an on-chain close request or a reorged settlement (a
+   window runs), the session's end within `expiry_margin`, closing for
+   `settle_defer_max`, or shutdown.
+4. Value at risk: the newest receipt of an open session is posted on chain
    (submitCheckpoint; the session stays open) once its unposted value reaches
    `post_receipt_value`, or once the time left until its deadline (its end plus
    the settlement window: after it anyone may finalize with what the chain
    holds) is below `post_receipt_before` seconds.
-3. Every `closing` session is settled with ONE `settleBatch` transaction (up to
-   100 per transaction). With `max_settle_fee`, a batch whose estimated cost per
-   session (L2 gas at the max fee plus, on Base, the L1 data fee) is above it is
-   held back so that later closes share it, unless one of its sessions is due: an
-   on-chain close request or a reorged settlement (a window runs), the session's
-   end within `expiry_margin`, closing for `settle_defer_max`, or shutdown. An item carries the newest stored receipt when it is
-   newer than what the chain is known to hold, else `tokensUsed = 0` (settle
-   as recorded). Outcomes: Ok -> settled; NotOpen -> settled already;
-   StaleReceipt -> settled again at once with `tokensUsed = 0`; anything else
-   -> `failed`, with a log line.
 
 All state lives in SQLite, so a crash or restart picks up exactly where it
 was. An unreachable RPC (ChainUnavailable) or a rejected transaction fails the
