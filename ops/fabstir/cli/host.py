@@ -302,9 +302,18 @@ def list_(model: str | None) -> None:
     is_flag=True,
     help="Withdraw the stake instead (after unregister + unbonding).",
 )
+@click.option(
+    "--to",
+    "to",
+    metavar="ADDRESS",
+    help="Pay the earnings to ADDRESS instead of the host's own (withdrawTo).",
+)
 @common_options
-def withdraw(token: str, stake: bool) -> None:
-    """Withdraw the host's earnings (everything owed in --token), or --stake."""
+def withdraw(token: str, stake: bool, to: str | None) -> None:
+    """Withdraw the host's earnings (everything owed in --token, to itself or
+    --to ADDRESS), or --stake."""
+    if stake and to is not None:
+        raise click.UsageError("--to is for earnings; the stake goes back to the host")
     st = state()
     sdk = st.sdk(sign=True)
     hm = sdk.get_host_manager()
@@ -314,11 +323,12 @@ def withdraw(token: str, stake: bool) -> None:
         st.out.result({"tx_hash": tx, "what": "stake"}, f"stake withdrawn (tx {tx})")
         return
     owed = hm.get_host_earnings(token=token)
-    st.confirm(f"withdraw {owed} {token} of host earnings")
-    tx = hm.withdraw_earnings(token)
+    recipient = to if to is not None else str(sdk.address)
+    st.confirm(f"withdraw {owed} {token} of host earnings to {recipient}")
+    tx = hm.withdraw_earnings(token, to=to)
     st.out.result(
-        {"tx_hash": tx, "what": "earnings", "token": token, "amount": owed},
-        f"withdrew {owed} {token} (tx {tx})",
+        {"tx_hash": tx, "what": "earnings", "token": token, "amount": owed, "to": recipient},
+        f"withdrew {owed} {token} to {recipient} (tx {tx})",
     )
 
 
