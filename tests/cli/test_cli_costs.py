@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from support.base_chain import place_gas_price_oracle_stand_in, place_usdc
-from support.cli import DEPLOYER, invoke, ok, ok_json, run, test_key
+from support.cli import DEPLOYER, invoke, ok, ok_json, run, test_key, user_error
 from web3 import Web3
 
 from fabstir.chain.local import TEST_MNEMONIC, free_port
@@ -121,3 +121,21 @@ def test_a_call_that_reverts_is_not_priced(deployed: dict[str, Any]) -> None:
     """finalize of an unknown session: no price, and the SDK's own reason."""
     result = invoke("--json", "session", "finalize", "999", "--account", f"test:{DEPLOYER}")
     assert result.exit_code == 1 and "SESSION_NOT_FOUND" in result.stderr
+    # Arguments web3 cannot encode are not priced either; the SDK names them.
+    admin = ("--account", f"test:{DEPLOYER}")
+    user_error(invoke("treasury", "withdraw", "1", "--to", "nope", *admin), "INVALID_ADDRESS")
+    user_error(invoke("withdraw", "abc", *admin), "INVALID_AMOUNT")
+
+
+def test_withdraw_commands_carry_the_cost(base_chain: str, base_env: dict[str, str]) -> None:
+    """The wallet and treasury withdrawals price their transaction the same way."""
+    net = ("--network", base_chain)
+    # Nothing deposited: the estimate reverts, so no price, and the SDK's own reason.
+    refused = invoke("withdraw", "--yes", *net, env=base_env)
+    assert refused.exit_code == 1 and "INSUFFICIENT_BALANCE" in refused.stderr
+    ok(invoke("deposit", "0.001", "--token", "ETH", "--yes", *net, env=base_env))
+    declined = invoke("withdraw", "--token", "ETH", *net, env=base_env, input="n\n")
+    assert declined.exit_code == 1 and "L1 data fee" in declined.stderr
+    data = ok_json(invoke("--json", "withdraw", "--token", "ETH", "--yes", *net, env=base_env))
+    assert data["cost"]["l1_fee_wei"] > 0 and data["deposited"] in ("0", "0.0")
+    assert data["cost"]["transactions"][0]["what"] == "JobMarketplace.withdraw"

@@ -10,7 +10,7 @@ the predeploy (anvil, Ethereum) say so instead of showing a zero that looks pric
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -18,6 +18,7 @@ from fabstir.chain.l1fee import TxCost, has_l1_fee
 from fabstir.sdk.amounts import format_amount
 
 if TYPE_CHECKING:
+    from fabstir.cli.context import CliState
     from fabstir.sdk.sdk import FabstirSDK
 
 NO_L1_FEE: Final = "no L1 fee (this chain has no GasPriceOracle predeploy)"
@@ -97,19 +98,41 @@ class CommandCost:
         return f"cost at most {eth(self.total)}: {l2} + {l1}"
 
 
-def estimate_cost(sdk: FabstirSDK, calls: Sequence[tuple[str, Any]]) -> CommandCost:
-    """Price `calls` ((label, bound contract function) pairs) as the SDK's sender
-    would send them now. Signs and sends nothing. A call that reverts at estimation
-    is not priced (the command's own checks then give the reason)."""
+def estimate_cost(
+    sdk: FabstirSDK, calls: Sequence[tuple[str, Any]] | Callable[[], Sequence[tuple[str, Any]]]
+) -> CommandCost:
+    """Price `calls` ((label, bound contract function) pairs, or a function building
+    them) as the SDK's sender would send them now. Signs and sends nothing. A call
+    that cannot be built (bad input) or reverts at estimation is not priced: the
+    command's own checks then give the reason, before anything is sent."""
+    from eth_abi.exceptions import EncodingError
+    from web3.exceptions import Web3Exception
+
     from fabstir.chain.client import ChainError
+    from fabstir.cli.context import one_line
     from fabstir.sdk.errors import SDKError
+
+    unpriceable = (ChainError, SDKError, Web3Exception, EncodingError, ValueError, TypeError)
 
     sender = sdk._require_sender("estimate")
     try:
-        priced = tuple(PricedTx(what, sender.estimate(fn)) for what, fn in calls)
+        built = calls() if callable(calls) else calls
+        priced = tuple(PricedTx(what, sender.estimate(fn)) for what, fn in built)
         l1_priced = has_l1_fee(sdk.chain)
-    except (ChainError, SDKError) as exc:
-        from fabstir.cli.context import one_line
-
+    except unpriceable as exc:
+        # Web3Exception (MismatchedABI, ...): web3 refusing an argument while building
+        # the call (the SDK's own checks then name it properly).
         return CommandCost((), False, unavailable=f"the estimate failed: {one_line(exc)}")
     return CommandCost(priced, l1_priced)
+
+
+def confirm_priced(
+    st: CliState,
+    sdk: FabstirSDK,
+    action: str,
+    calls: Sequence[tuple[str, Any]] | Callable[[], Sequence[tuple[str, Any]]],
+) -> CommandCost:
+    """Price the command's transactions, then ask (live networks) with that price."""
+    cost = estimate_cost(sdk, calls)
+    st.confirm(action, cost)
+    return cost

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from fabstir.cli.context import CliError, CliState, common_options, read_options, state
-from fabstir.cli.costs import CommandCost, estimate_cost
+from fabstir.cli.costs import CommandCost, confirm_priced
 from fabstir.cli.output import key_values, table
 from fabstir.sdk.sdk import FabstirSDK
 from fabstir.sdk.types import SessionStatus
@@ -34,9 +34,7 @@ def _send(sdk: FabstirSDK, fn: Any, what: str) -> str:
 
 def _confirm_priced(st: CliState, sdk: FabstirSDK, action: str, fn: Any) -> CommandCost:
     """Price `fn` as it would be sent now, then ask (live networks) with that price."""
-    cost = estimate_cost(sdk, [(action, fn)])
-    st.confirm(action, cost)
-    return cost
+    return confirm_priced(st, sdk, action, [(action, fn)])
 
 
 def _require_role(sdk: FabstirSDK, role: str) -> None:
