@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.anvil import rpc
+from support.base_chain import place_gas_price_oracle_stand_in
 from web3 import Web3
 
 from fabstir.chain.abi import load_abi
 from fabstir.chain.client import ChainClient
-from fabstir.chain.l1fee import GAS_PRICE_ORACLE, has_l1_fee, l1_fee
+from fabstir.chain.l1fee import has_l1_fee, l1_fee
 from fabstir.chain.local import ChainInfo, LocalChain, free_port
 from fabstir.chain.local import test_private_key as key_of
 from fabstir.chain.transactions import TxSender
@@ -27,16 +27,7 @@ def base_rehearsal(tmp_path: Path, project: Any) -> Iterator[ChainInfo]:
     lc = LocalChain(tmp_path / "base")
     info = lc.up(port=free_port(), chain_id=84532, persist=False)
     try:
-        code = project.GasPriceOracleStandIn.contract_type.runtime_bytecode.bytecode
-        rpc(info.rpc_url, "anvil_setCode", GAS_PRICE_ORACLE, code)
-        # l1BaseFee (storage slot 0): 20 gwei on L1.
-        rpc(
-            info.rpc_url,
-            "anvil_setStorageAt",
-            GAS_PRICE_ORACLE,
-            "0x0",
-            "0x" + (20 * GWEI).to_bytes(32, "big").hex(),
-        )
+        place_gas_price_oracle_stand_in(info.rpc_url, project, 20 * GWEI)  # 20 gwei on L1
         yield info
     finally:
         lc.down()

@@ -37,6 +37,7 @@ from fabstir.chain.local import LocalChain, test_private_key
 from fabstir.cli.output import Output
 
 if TYPE_CHECKING:
+    from fabstir.cli.costs import CommandCost
     from fabstir.sdk.sdk import FabstirSDK
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -434,12 +435,14 @@ class CliState:
             sdk.authenticate(self.account())
         return sdk
 
-    def confirm(self, action: str) -> None:
-        """Ask before a transaction on a live network (unless --yes)."""
+    def confirm(self, action: str, cost: CommandCost | None = None) -> None:
+        """Ask before a transaction on a live network (unless --yes); with `cost`, the
+        question shows what it costs at most (L2 gas and Base's L1 data fee)."""
         network = self.network()
         if network.is_local or self.yes:
             return
-        if not click.confirm(f"{action} on {network.label}?", default=False, err=True):
+        priced = f" ({cost.describe()})" if cost is not None else ""
+        if not click.confirm(f"{action} on {network.label}{priced}?", default=False, err=True):
             raise CliError("not confirmed; nothing was sent (pass --yes to skip the question)")
 
 

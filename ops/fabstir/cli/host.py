@@ -12,6 +12,7 @@ import click
 
 from fabstir import models as catalogue
 from fabstir.cli.context import CliError, common_options, read_options, state
+from fabstir.cli.costs import confirm_priced
 from fabstir.cli.output import jsonable, key_values, table
 
 if TYPE_CHECKING:
@@ -302,23 +303,58 @@ def list_(model: str | None) -> None:
     is_flag=True,
     help="Withdraw the stake instead (after unregister + unbonding).",
 )
+@click.option(
+    "--to",
+    "to",
+    metavar="ADDRESS",
+    help="Pay the earnings to ADDRESS instead of the host's own (withdrawTo).",
+)
 @common_options
-def withdraw(token: str, stake: bool) -> None:
-    """Withdraw the host's earnings (everything owed in --token), or --stake."""
+def withdraw(token: str, stake: bool, to: str | None) -> None:
+    """Withdraw the host's earnings (everything owed in --token, to itself or
+    --to ADDRESS), or --stake."""
+    if stake and to is not None:
+        raise click.UsageError("--to is for earnings; the stake goes back to the host")
     st = state()
     sdk = st.sdk(sign=True)
     hm = sdk.get_host_manager()
+    if to is not None:
+        from fabstir.sdk._base import check_address
+
+        to = check_address(to, "--to")
     if stake:
-        st.confirm("withdraw the host's stake")
+        fn = sdk._contract("NodeRegistry").functions.withdrawStake()
+        cost = confirm_priced(st, sdk, "withdraw the host's stake", [("withdrawStake", fn)])
         tx = hm.withdraw_stake()
-        st.out.result({"tx_hash": tx, "what": "stake"}, f"stake withdrawn (tx {tx})")
+        st.out.result(
+            {"tx_hash": tx, "what": "stake", "cost": cost.to_dict()},
+            f"stake withdrawn (tx {tx})\n{cost.describe()}",
+        )
         return
     owed = hm.get_host_earnings(token=token)
-    st.confirm(f"withdraw {owed} {token} of host earnings")
-    tx = hm.withdraw_earnings(token)
+    recipient = to if to is not None else str(sdk.address)
+
+    def calls() -> list[tuple[str, object]]:
+        tok = sdk.get_token(token)
+        ledger = sdk._contract("HostEarnings").functions
+        if to is None:
+            return [("HostEarnings.withdraw", ledger.withdraw(tok.address))]
+        return [("HostEarnings.withdrawTo", ledger.withdrawTo(tok.address, to, tok.parse(owed)))]
+
+    cost = confirm_priced(
+        st, sdk, f"withdraw {owed} {token} of host earnings to {recipient}", calls
+    )
+    tx = hm.withdraw_earnings(token, to=to)
     st.out.result(
-        {"tx_hash": tx, "what": "earnings", "token": token, "amount": owed},
-        f"withdrew {owed} {token} (tx {tx})",
+        {
+            "tx_hash": tx,
+            "what": "earnings",
+            "token": token,
+            "amount": owed,
+            "to": recipient,
+            "cost": cost.to_dict(),
+        },
+        f"withdrew {owed} {token} to {recipient} (tx {tx})\n{cost.describe()}",
     )
 
 
@@ -329,11 +365,12 @@ def unregister() -> None:
     st = state()
     sdk = st.sdk(sign=True)
     hm = sdk.get_host_manager()
-    st.confirm(f"unregister host {sdk.address}")
+    fn = sdk._contract("NodeRegistry").functions.unregister()
+    cost = confirm_priced(st, sdk, f"unregister host {sdk.address}", [("unregister", fn)])
     tx = hm.unregister_host()
     status = hm.get_host_status()
     st.out.result(
-        {"tx_hash": tx, "unbonding_ends_at": status.unbonding_ends_at},
+        {"tx_hash": tx, "unbonding_ends_at": status.unbonding_ends_at, "cost": cost.to_dict()},
         f"unregistered (tx {tx}); stake withdrawable after {status.unbonding_ends_at} "
-        "(unix time): `fabstir host withdraw --stake`",
+        f"(unix time): `fabstir host withdraw --stake`\n{cost.describe()}",
     )

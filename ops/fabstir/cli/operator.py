@@ -2,8 +2,10 @@
 `fabstir session finalize`, `fabstir host settle`, and `fabstir admin
 pause|unpause|token` for the accounts holding PAUSER_ROLE / TOKEN_ADMIN_ROLE.
 
-Each asks before sending on a live network (unless --yes), checks the role first
-so a missing one is a one-line reason rather than a revert, and has --json.
+Each asks before sending on a live network (unless --yes), showing what the
+transaction costs at most (L2 gas plus Base's L1 data fee), checks the role first
+so a missing one is a one-line reason rather than a revert, and has --json (the
+same cost under "cost").
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any
 
 import click
 
-from fabstir.cli.context import CliError, common_options, state
+from fabstir.cli.context import CliError, CliState, common_options, read_options, state
+from fabstir.cli.costs import CommandCost, confirm_priced
 from fabstir.cli.output import key_values, table
 from fabstir.sdk.sdk import FabstirSDK
 from fabstir.sdk.types import SessionStatus
@@ -27,6 +30,11 @@ def _send(sdk: FabstirSDK, fn: Any, what: str) -> str:
     sender = sdk._require_sender(what)
     with translate_errors(what):
         return sender.send(fn, what=what).tx_hash
+
+
+def _confirm_priced(st: CliState, sdk: FabstirSDK, action: str, fn: Any) -> CommandCost:
+    """Price `fn` as it would be sent now, then ask (live networks) with that price."""
+    return confirm_priced(st, sdk, action, [(action, fn)])
 
 
 def _require_role(sdk: FabstirSDK, role: str) -> None:
@@ -52,7 +60,10 @@ def finalize(session_id: int) -> None:
     st = state()
     sdk = st.sdk(sign=True)
     jobs = sdk.get_session_job_manager()
-    st.confirm(f"finalize session {session_id}")
+    market = sdk._contract("JobMarketplace")
+    cost = _confirm_priced(
+        st, sdk, f"finalize session {session_id}", market.functions.finalize(session_id)
+    )
     tx = jobs.finalize(session_id)
     info = jobs.get_session(session_id)
     st.out.result(
@@ -61,9 +72,10 @@ def finalize(session_id: int) -> None:
             "tx_hash": tx,
             "status": info.status.name,
             "tokens_used": info.tokens_used,
+            "cost": cost.to_dict(),
         },
         f"session {session_id} finalized (tx {tx}): {info.tokens_used} tokens paid, "
-        "the rest refunded to the client's in-contract balance",
+        f"the rest refunded to the client's in-contract balance\n{cost.describe()}",
     )
 
 
@@ -95,7 +107,11 @@ def settle(session_ids: tuple[int, ...], due: bool) -> None:
         if not ids:
             st.out.result({"sessions": [], "tx_hash": None}, "no session is due")
             return
-    st.confirm(f"settle session(s) {', '.join(map(str, ids))}")
+    from fabstir.chain.marketplace import SettleItem
+
+    batch = [SettleItem(i).as_tuple() for i in ids]
+    fn = sdk._contract("JobMarketplace").functions.settleBatch(batch)
+    cost = _confirm_priced(st, sdk, f"settle session(s) {', '.join(map(str, ids))}", fn)
     result = jobs.settle_batch(ids)
     outcomes = [o.name for o in result.outcomes]
     rows = list(zip(ids, outcomes, strict=False))
@@ -103,8 +119,9 @@ def settle(session_ids: tuple[int, ...], due: bool) -> None:
         {
             "tx_hash": result.tx_hash,
             "sessions": [{"session_id": i, "outcome": o} for i, o in rows],
+            "cost": cost.to_dict(),
         },
-        table(["session", "outcome"], rows) + f"\ntx {result.tx_hash}",
+        table(["session", "outcome"], rows) + f"\ntx {result.tx_hash}\n{cost.describe()}",
     )
 
 
@@ -117,9 +134,25 @@ def admin() -> None:
 
     \b
     Examples:
+      fabstir admin status
       fabstir admin pause --account test:0
       fabstir admin token USDC --min-deposit 2.0 --account test:0
     """
+
+
+@admin.command()
+@read_options
+def status() -> None:
+    """Anyone: whether the marketplace is paused (new sessions refused)."""
+    st = state()
+    sdk = st.sdk()
+    market = sdk._contract("JobMarketplace")
+    paused = bool(sdk.chain.call(market.functions.paused(), "paused"))
+    chain_id = st.network().chain_id
+    st.out.result(
+        {"marketplace": market.address, "chain_id": chain_id, "paused": paused},
+        f"JobMarketplace {market.address} on chain {chain_id}: paused={paused}",
+    )
 
 
 @admin.command()
@@ -129,9 +162,13 @@ def pause() -> None:
     st = state()
     sdk = st.sdk(sign=True)
     _require_role(sdk, "PAUSER_ROLE")
-    st.confirm("pause the marketplace (no new sessions)")
-    tx = _send(sdk, sdk._contract("JobMarketplace").functions.pause(), "pause")
-    st.out.result({"paused": True, "tx_hash": tx}, f"marketplace paused (tx {tx})")
+    fn = sdk._contract("JobMarketplace").functions.pause()
+    cost = _confirm_priced(st, sdk, "pause the marketplace (no new sessions)", fn)
+    tx = _send(sdk, fn, "pause")
+    st.out.result(
+        {"paused": True, "tx_hash": tx, "cost": cost.to_dict()},
+        f"marketplace paused (tx {tx})\n{cost.describe()}",
+    )
 
 
 @admin.command()
@@ -141,9 +178,13 @@ def unpause() -> None:
     st = state()
     sdk = st.sdk(sign=True)
     _require_role(sdk, "PAUSER_ROLE")
-    st.confirm("unpause the marketplace")
-    tx = _send(sdk, sdk._contract("JobMarketplace").functions.unpause(), "unpause")
-    st.out.result({"paused": False, "tx_hash": tx}, f"marketplace unpaused (tx {tx})")
+    fn = sdk._contract("JobMarketplace").functions.unpause()
+    cost = _confirm_priced(st, sdk, "unpause the marketplace", fn)
+    tx = _send(sdk, fn, "unpause")
+    st.out.result(
+        {"paused": False, "tx_hash": tx, "cost": cost.to_dict()},
+        f"marketplace unpaused (tx {tx})\n{cost.describe()}",
+    )
 
 
 @admin.command()
@@ -169,11 +210,12 @@ def token(token: str, min_deposit: str | None, accepted: bool) -> None:
     minimum = tok.parse(min_deposit, "min_deposit") if min_deposit is not None else int(current[2])
     if accepted and minimum == 0:
         raise CliError(f"an accepted token needs --min-deposit (above 0 {tok.symbol})")
-    st.confirm(
+    fn = market.functions.configureToken(tok.address, accepted, minimum)
+    action = (
         f"{'accept' if accepted else 'refuse'} {tok.symbol} with minimum deposit "
         f"{tok.format(minimum)}"
     )
-    fn = market.functions.configureToken(tok.address, accepted, minimum)
+    cost = _confirm_priced(st, sdk, action, fn)
     tx = _send(sdk, fn, f"configureToken({tok.symbol})")
     data = {
         "token": tok.address,
@@ -183,4 +225,7 @@ def token(token: str, min_deposit: str | None, accepted: bool) -> None:
         "min_deposit_raw": minimum,
         "tx_hash": tx,
     }
-    st.out.result(data, key_values(list(data.items())))
+    st.out.result(
+        {**data, "cost": cost.to_dict()},
+        f"{key_values(list(data.items()))}\n{cost.describe()}",
+    )

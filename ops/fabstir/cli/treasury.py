@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fabstir.cli.context import common_options, read_options, state
+from fabstir.cli.costs import confirm_priced
 from fabstir.cli.output import jsonable, key_values
 
 _TOKEN = click.option(
@@ -60,10 +61,29 @@ def withdraw(amount: str | None, all_: bool, to: str | None, token: str) -> None
     tm = sdk.get_treasury_manager()
     value = amount if amount is not None else tm.get_treasury_balance(token)
     recipient = to or str(sdk.address)
-    st.confirm(f"withdraw {value} {token} of treasury fees to {recipient}")
+
+    def calls() -> list[tuple[str, object]]:
+        from fabstir.sdk._base import check_address
+
+        tok = sdk.get_token(token)
+        to_address = check_address(recipient, "to")  # never hand web3 an unchecked string
+        treasury = sdk._contract("Treasury").functions
+        return [("Treasury.withdraw", treasury.withdraw(tok.address, to_address, tok.parse(value)))]
+
+    cost = confirm_priced(
+        st, sdk, f"withdraw {value} {token} of treasury fees to {recipient}", calls
+    )
     tx = tm.withdraw_treasury_funds(token, value, recipient)
     left = tm.get_treasury_balance(token)
     st.out.result(
-        {"tx_hash": tx, "amount": value, "token": token, "to": recipient, "balance": left},
-        f"withdrew {value} {token} to {recipient} (tx {tx}); treasury holds {left}",
+        {
+            "tx_hash": tx,
+            "amount": value,
+            "token": token,
+            "to": recipient,
+            "balance": left,
+            "cost": cost.to_dict(),
+        },
+        f"withdrew {value} {token} to {recipient} (tx {tx}); treasury holds {left}\n"
+        f"{cost.describe()}",
     )

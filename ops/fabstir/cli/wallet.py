@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from fabstir.cli.context import common_options, state
+from fabstir.cli.costs import confirm_priced
 from fabstir.cli.output import key_values
 
 _TOKEN = click.option(
@@ -100,10 +101,23 @@ def withdraw(amount: str | None, token: str) -> None:
     sdk = st.sdk(sign=True)
     pm = sdk.get_payment_manager()
     shown = amount if amount is not None else pm.get_balances(None, token).deposited
-    st.confirm(f"withdraw {shown} {token} to {sdk.address}")
+
+    def calls() -> list[tuple[str, object]]:
+        tok = sdk.get_token(token)
+        fn = sdk._contract("JobMarketplace").functions.withdraw(tok.address, tok.parse(shown))
+        return [("JobMarketplace.withdraw", fn)]
+
+    cost = confirm_priced(st, sdk, f"withdraw {shown} {token} to {sdk.address}", calls)
     tx = pm.withdraw(amount, token)
     b = pm.get_balances(None, token)
     st.out.result(
-        {"tx_hash": tx, "amount": shown, "token": b.symbol, "deposited": b.deposited},
-        f"withdrew {shown} {b.symbol} (tx {tx}); in-contract balance {b.deposited}",
+        {
+            "tx_hash": tx,
+            "amount": shown,
+            "token": b.symbol,
+            "deposited": b.deposited,
+            "cost": cost.to_dict(),
+        },
+        f"withdrew {shown} {b.symbol} (tx {tx}); in-contract balance {b.deposited}\n"
+        f"{cost.describe()}",
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from fabstir.protocol.receipts import same_address
 from fabstir.sdk._base import ManagerBase, check_address, check_bytes32, fail
 from fabstir.sdk.errors import SDKErrorCode
 from fabstir.sdk.model import normalise_sha256
@@ -404,16 +405,29 @@ class HostManager(ManagerBase):
         nodes = self._contract("NodeRegistry")
         return self._send(nodes.functions.withdrawStake(), "NodeRegistry.withdrawStake").tx_hash
 
-    def withdraw_earnings(self, token_address: str | Sequence[str] | None = "USDC") -> str:
+    def withdraw_earnings(
+        self, token_address: str | Sequence[str] | None = "USDC", to: str | None = None
+    ) -> str:
         """Withdraw everything the host is owed in one token, or in each of a list
-        of tokens (one withdrawMany transaction); returns the tx hash.
+        of tokens (one withdrawMany transaction); returns the tx hash. With `to`
+        (one token only), pay it to that address instead (HostEarnings.withdrawTo:
+        for a host address that cannot receive, e.g. one the token blocklists).
 
         Raises SDKError before sending: NOT_AUTHORIZED when the signer is not a
         host and nothing was ever credited to it; INSUFFICIENT_BALANCE when
-        nothing is owed now in the token(s).
+        nothing is owed now in the token(s); INVALID_ADDRESS for a `to` that is
+        malformed, zero or the marketplace (its vault keeps no books for it);
+        INVALID_ARGUMENT for `to` with a list of tokens.
         """
         what = "withdraw_earnings"
         me = self._me(what)
+        recipient = None if to is None else check_address(to, "to")
+        if recipient is not None:
+            if not (token_address is None or isinstance(token_address, str)):
+                fail(SDKErrorCode.INVALID_ARGUMENT, "withdraw_earnings to= takes one token")
+            vault = self._sdk.get_contract_address("JobMarketplace")
+            if int(recipient, 16) == 0 or same_address(recipient, vault):
+                fail(SDKErrorCode.INVALID_ADDRESS, f"cannot withdraw earnings to {recipient}")
         specs: list[str | None]
         many = False
         if token_address is None or isinstance(token_address, str):
@@ -444,6 +458,10 @@ class HostManager(ManagerBase):
                 SDKErrorCode.INSUFFICIENT_BALANCE,
                 f"nothing to withdraw in {', '.join(t.symbol for t in tokens)}",
             )
+        if recipient is not None:
+            tok = tokens[0]
+            fn = ledger.functions.withdrawTo(tok.address, recipient, owed[tok.address])
+            return self._send(fn, f"HostEarnings.withdrawTo {tok.symbol} {recipient}").tx_hash
         if not many:
             fn = ledger.functions.withdraw(tokens[0].address)
             return self._send(fn, f"HostEarnings.withdraw {tokens[0].symbol}").tx_hash

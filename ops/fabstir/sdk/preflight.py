@@ -80,6 +80,17 @@ class SessionPreflight(ManagerBase):
                 SDKErrorCode.INVALID_ARGUMENT,
                 f"duration must be {MIN_DURATION}..{MAX_DURATION} seconds, got {config.duration}",
             )
+        # The deployment's own limit (unbonding minus settlement window) is usually
+        # shorter than the contract-wide 30 days: 23 h on Base Sepolia.
+        longest = self._sdk._max_session_duration()
+        if config.duration > longest:
+            fail(
+                SDKErrorCode.INVALID_ARGUMENT,
+                f"duration {config.duration} s is longer than this marketplace allows "
+                f"({longest} s, its maxDuration); ask for at most that",
+                duration=config.duration,
+                max_duration=longest,
+            )
         if config.proof_interval > MAX_PROOF_INTERVAL:
             fail(
                 SDKErrorCode.INVALID_ARGUMENT,

@@ -80,6 +80,8 @@ class FabstirSDK:
         self.allowances = AllowanceBook()
         self._managers: dict[str, Any] = {}
         self._tokens: dict[str, Token] = {}
+        #: JobMarketplace address -> its immutable maxDuration() (seconds).
+        self._max_durations: dict[str, int] = {}
         self._configure_logging()
 
     # --- configuration -------------------------------------------------------
@@ -280,6 +282,22 @@ class FabstirSDK:
         with self._lock:
             self._tokens[address] = resolved
         return resolved
+
+    def _max_session_duration(self) -> int:
+        """The longest session the deployed JobMarketplace accepts (`maxDuration()`,
+        seconds: the unbonding period minus the settlement window, at most 30 days).
+        Immutable per deployment, so read once per SDK and marketplace."""
+        market = self._contract("JobMarketplace")
+        address = str(market.address)
+        with self._lock:
+            cached = self._max_durations.get(address)
+        if cached is not None:
+            return cached
+        with translate_errors("maxDuration"):
+            longest = int(self.chain.call(market.functions.maxDuration(), "maxDuration"))
+        with self._lock:
+            self._max_durations[address] = longest
+        return longest
 
     def get_token(self, token: str | None = None) -> Token:
         """A token by symbol ("USDC", "ETH", any symbol of the deployment's token
