@@ -408,11 +408,26 @@ class SessionPool:
                 await asyncio.sleep(delay)
                 delay *= 2
 
+    def note_receipts(self, session_id: int) -> None:
+        """Book the newest receipt signed for the session and the newest the host
+        acknowledged, so what the host is paid can be checked against them later."""
+        with contextlib.suppress(SDKError):  # not live in this process: nothing new
+            receipt = self._sm.latest_receipt(session_id)
+            self._ledger.receipts(
+                session_id,
+                signed=receipt.tokens_used if receipt is not None else 0,
+                acked=self._sm.acknowledged_tokens(session_id),
+            )
+
     async def _close_once(self, session_id: int) -> None:
         try:
-            result = await self._sm.complete_session(
-                session_id, settle_timeout=self.config.settle_timeout
-            )
+            try:
+                result = await self._sm.complete_session(
+                    session_id, settle_timeout=self.config.settle_timeout
+                )
+            finally:
+                # complete_session hands over the newest receipt first: book what it got.
+                self.note_receipts(session_id)
             tokens = result.tokens_used
             log.info(
                 "session %s closed: %s tokens, cost %s %s (%s)",

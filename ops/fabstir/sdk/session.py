@@ -694,6 +694,11 @@ class SessionManager:
         """The newest receipt this client signed for the session."""
         return self._require_live(session_id).last_receipt
 
+    def acknowledged_tokens(self, session_id: int) -> int:
+        """Tokens of the newest receipt the host acknowledged storing: what it can be
+        paid at least (it may also hold a newer one whose acknowledgement was lost)."""
+        return self._require_live(session_id).acked
+
     async def close_all(self) -> None:
         """Disconnect every live session (no settlement)."""
         for live in self._live.values():
