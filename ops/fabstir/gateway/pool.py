@@ -444,6 +444,17 @@ class SessionPool:
             if info.status == SessionStatus.ACTIVE:
                 if exc.code is SDKErrorCode.NETWORK_ERROR:
                     raise  # the close did not get through: _close_by_id tries again
+                if exc.code is SDKErrorCode.SESSION_NOT_FOUND:
+                    # Opened on chain but start_session failed before it kept any client
+                    # state (a chain outage between create and connect): this wallet
+                    # signed no receipt for it, so close it with none; the host can
+                    # still settle a newer one within the settlement window.
+                    await asyncio.to_thread(
+                        self._sdk.get_session_job_manager().request_close, session_id
+                    )
+                    log.info("session %s had no client state: close requested", session_id)
+                    self._ledger.session_closed(session_id, 0)
+                    return
                 log.warning("session %s could not be closed: %s", session_id, exc)
                 return
             tokens = info.tokens_used
