@@ -1,7 +1,13 @@
 """The whole market under load and faults (issue 15): nothing may be lost.
 
     python bench/soak.py [--duration S] [--seed N] [--sdk-clients N] [--gateway-clients N]
-                         [--out FILE]       # table on stdout, bench/results/soak.json
+                         [--short] [--out FILE]   # table on stdout, bench/results/soak.json
+
+`--short` is the CI version (tests/soak, ~60-70 s in all with 30 s of load): every
+fault kind once in the first half of the load, the RPC outage 5 s instead of 10 s, a
+client waits 10 s (not 30 s) for its host's settlement before it requests the close
+on chain itself, and time is moved past the sessions' end at once after the load
+instead of first waiting for the hosts. The checks are the same.
 
 One anvil mining a block every second; the contracts deployed and seeded by the
 project's own deploy; three host workers as separate processes at different prices
@@ -16,7 +22,9 @@ upstream server restarted.
 
 Then every session is brought to an end (hosts settle; what is left is finalized
 after moving time past the settlement window), every party withdraws, and the run
-checks the money per session and the books per token; see `check_*` below. Exit
+checks the money per session (SDK sessions from what the clients saw, gateway sessions
+from the gateway's ledger, reorged-away sessions: nothing paid, a clear error), per
+client and per token; see `check` and `_check_*` below. Exit
 status 0 only when every check holds. Every process it starts is stopped at the end,
 also on failure or Ctrl-C.
 """
@@ -43,6 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from web3.logs import DISCARD
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -106,8 +116,9 @@ class ClientSession:
     token: str
     signed: int = 0  # tokens_used of the newest receipt it signed
     acked: int = 0  # the newest receipt the host acknowledged
-    ending: str = "completed"  # completed | vanished | closed_on_chain | failed
+    ending: str = "completed"  # completed | vanished | closed_on_chain | failed | failed_start
     lag_s: float | None = None
+    codes: list[str] = field(default_factory=list)  # every error code it met
 
 
 @dataclass
@@ -140,10 +151,21 @@ class Fault:
     at_monotonic: float = 0.0
 
 
-def fault_schedule(seed: int, duration: float) -> list[Fault]:
+def fault_schedule(seed: int, duration: float, *, short: bool = False) -> list[Fault]:
     """Every kind at least once, more in a long run (one per kind per ~5 minutes),
-    at seeded random times between 10% and 80% of the load phase, at least 4 s apart."""
+    at seeded random times between 10% and 80% of the load phase, at least 4 s apart.
+    Short: every kind once, from 2 s to half the load phase, so the load after the
+    last one shows the market recovered (faults never overlap: each waits for the one
+    before it to end)."""
     rng = random.Random(seed)
+    if short:
+        kinds = list(FAULT_KINDS)
+        rng.shuffle(kinds)
+        lo, slot = 2.0, max(0.5 * duration - 2.0, 0.0) / len(kinds)
+        return [
+            Fault(round(lo + i * slot + rng.uniform(0, slot / 2), 1), kind)
+            for i, kind in enumerate(kinds)
+        ]
     rounds = max(1, int(duration // 300))
     kinds = [k for _ in range(rounds) for k in FAULT_KINDS]
     # A host leaves once: after that it has no new sessions to lose.
@@ -245,6 +267,20 @@ class SoakOptions:
     max_tokens: int = 24
     workdir: Path | None = None
     out: Path | None = None
+    #: CI's short run: compressed fault schedule, a 5 s RPC outage instead of 10 s,
+    #: and time moved forward at once after the load instead of waiting for hosts.
+    short: bool = False
+
+    @property
+    def outage_s(self) -> float:
+        return 5.0 if self.short else 10.0
+
+    @property
+    def settle_timeout(self) -> float:
+        """How long an SDK client waits for its host's settlement before it requests
+        the close on chain itself (short: 10 s, so the slowest one does not hold up
+        the end of the load)."""
+        return 10.0 if self.short else 30.0
 
 
 class Soak:
@@ -263,7 +299,8 @@ class Soak:
             HostSpec(HOSTS[2], 250, 1_200_000_000, upstream=True),
         ]
         self.stats = Stats()
-        self.faults = fault_schedule(opts.seed, opts.duration)
+        self.faults = fault_schedule(opts.seed, opts.duration, short=opts.short)
+        self.phases: dict[str, float] = {}  # finer timings than run_soak's
         self.vanish_requests: list[asyncio.Event] = []
         self.close_requests: list[asyncio.Event] = []
         self.unregistered: set[str] = set()
@@ -273,11 +310,22 @@ class Soak:
 
     # ------------------------------------------------------------------ set-up
 
+    def _mark(self, name: str, since: float) -> float:
+        now = time.monotonic()
+        self.phases[name] = round(now - since, 1)
+        return now
+
     def up(self) -> None:
+        t = time.monotonic()
         info = self.chain.up(persist=False)
         self.anvil = info.rpc_url
+        # The upstream server needs no chain: it loads its model while the deploy runs.
+        self.entry = models.find()
+        self._spawn_upstream()
+        t = self._mark("setup.anvil", t)
         self.chain_id = deploy_and_seed(info.rpc_url, self.workdir / "deployments")
         self.deployments = self.workdir / "deployments"
+        t = self._mark("setup.deploy", t)
         self.start_block = int(_rpc(self.anvil, "eth_blockNumber", []), 16)
         self.proxy = FaultProxy(self.anvil, seed=self.opts.seed).start()
         # Clients that give up on a hung call reset the connection: not worth a traceback.
@@ -285,7 +333,6 @@ class Soak:
         self.proxy._server.handle_error = lambda *_: None  # type: ignore[method-assign]
         self.rpc = self.proxy.url
         self.admin = sdk_for(DEPLOYER, self.anvil, self.chain_id, self.workdir)
-        self.entry = models.find()
         self.model_name = f"{self.entry.repo}/{self.entry.file}"
         self._fund()
         for h in self.hosts:
@@ -306,12 +353,16 @@ class Soak:
                     "min_prices": {"USDC": h.usdc_price, "ETH": h.eth_price},
                 }
             )
-        self._start_upstream()
+        t = self._mark("setup.fund_and_register", t)
+        self._wait_upstream()
+        t = self._mark("setup.upstream_ready", t)
         for h in self.hosts:
             self._start_worker(h)
         for h in self.hosts:
             self.procs[f"worker-{h.account}"].wait_port(h.port)
+        t = self._mark("setup.workers", t)
         self._start_gateway()
+        self._mark("setup.gateway", t)
         # From here on blocks come once a second, as on a live chain.
         _rpc(self.anvil, "evm_setAutomine", [False])
         _rpc(self.anvil, "evm_setIntervalMining", [1])
@@ -339,7 +390,7 @@ class Soak:
     def _client_accounts(self) -> list[int]:
         return list(range(FIRST_CLIENT, FIRST_CLIENT + self.opts.sdk_clients))
 
-    def _start_upstream(self) -> None:
+    def _spawn_upstream(self) -> None:
         self.upstream_port = free_port()
         cmd = [
             sys.executable, "-m", "llama_cpp.server", "--model", str(models.local_path(self.entry)),
@@ -349,7 +400,9 @@ class Soak:
         p = Process("upstream", cmd, self.workdir / "upstream.log")
         self.procs["upstream"] = p
         p.start()
-        p.wait_port(self.upstream_port)
+
+    def _wait_upstream(self) -> None:
+        self.procs["upstream"].wait_port(self.upstream_port)
         deadline = time.monotonic() + 60
         while True:  # the port opens before the model is loaded
             try:
@@ -483,6 +536,13 @@ class Soak:
                 )
             except SDKError as exc:
                 self.stats.outcome(exc.code.value, exc.message)
+                orphan = exc.details.get("session_id")
+                if isinstance(orphan, int):
+                    # Opened on chain but unusable (the SDK requested its close): it is
+                    # checked like any other (nothing signed, so nothing may be paid).
+                    record = ClientSession(orphan, str(sdk.address), token, ending="failed_start")
+                    record.codes.append(exc.code.value)
+                    self.stats.sessions.append(record)
                 await asyncio.sleep(2)
                 continue
             except TimeoutError:
@@ -520,8 +580,11 @@ class Soak:
                     self.stats.outcome("ok")  # the resume is a request too
                 except SDKError as exc:
                     self.stats.outcome(exc.code.value, exc.message)
+                    record.codes.append(exc.code.value)
             vanishing = vanish.is_set()
             code = await self._prompt(sessions, sid, rng.choice(PROMPTS), vanishing)
+            if code != "ok":
+                record.codes.append(code)
             self._note_receipts(sessions, record)
             if vanishing:
                 vanish.clear()
@@ -536,6 +599,7 @@ class Soak:
                     self.stats.outcome("ok")
                 except SDKError as exc:
                     self.stats.outcome(exc.code.value, exc.message)
+                    record.codes.append(exc.code.value)
                 await sessions.close_all()  # and never tells the host
                 return
             if code != "ok":
@@ -548,29 +612,30 @@ class Soak:
                     self.stats.outcome("ok")
                 except SDKError as exc:
                     self.stats.outcome(exc.code.value, exc.message)
+                    record.codes.append(exc.code.value)
                     break
         record.ending = "failed" if failed else "completed"
         t = time.monotonic()
         try:
             result = await asyncio.wait_for(
-                sessions.complete_session(sid, settle_timeout=30), REQUEST_TIMEOUT
+                sessions.complete_session(sid, settle_timeout=self.opts.settle_timeout),
+                REQUEST_TIMEOUT,
             )
             self.stats.outcome("ok")
             if result.settled_by_host:
                 record.lag_s = time.monotonic() - t
         except SDKError as exc:
             self.stats.outcome(exc.code.value, exc.message)
+            record.codes.append(exc.code.value)
         except TimeoutError:
             self.stats.unclear.append(f"session {sid}: complete_session hung")
+            record.codes.append("HANG")
         self._note_receipts(sessions, record)
 
     def _note_receipts(self, sessions: Any, record: ClientSession) -> None:
         receipt = sessions.latest_receipt(record.session_id)
         record.signed = receipt.tokens_used if receipt is not None else 0
-        # The SDK keeps the host's newest acknowledgement with the session's state.
-        live = sessions._live.get(record.session_id)
-        if live is not None:
-            record.acked = max(record.acked, int(live.acked))
+        record.acked = max(record.acked, sessions.acknowledged_tokens(record.session_id))
 
     async def _prompt(self, sessions: Any, sid: int, prompt: str, vanish: bool) -> str:
         from fabstir.errors import SDKError
@@ -694,8 +759,8 @@ class Soak:
     async def _fault_rpc_outage(self, fault: Fault) -> None:
         assert self.proxy is not None
         self.proxy.fail_next(-1, status=503)
-        fault.detail = "every RPC answered 503 for 10 s"
-        await asyncio.sleep(10)
+        fault.detail = f"every RPC answered 503 for {self.opts.outage_s:.0f} s"
+        await asyncio.sleep(self.opts.outage_s)
         self.proxy.clear()
 
     async def _fault_client_vanish(self, fault: Fault) -> None:
@@ -719,8 +784,28 @@ class Soak:
 
     async def _fault_reorg(self, fault: Fault) -> None:
         depth = REORG_DEPTH
+        # Reorganise a session's creation away when one comes soon, so the run shows
+        # what happens to its client (see check_reorged); else reorg whatever is there.
+        opened = await asyncio.to_thread(self._session_in_tip, 15.0)
         await asyncio.to_thread(_rpc, self.anvil, "anvil_reorg", [depth, []])
-        fault.detail = f"anvil_reorg depth {depth} (their transactions dropped)"
+        fault.detail = f"anvil_reorg depth {depth} (their transactions dropped" + (
+            f"; session {opened} was opened in the newest block)" if opened else ")"
+        )
+
+    def _session_in_tip(self, timeout: float) -> int | None:
+        """Wait until the newest block opens a session; its id (None on timeout)."""
+        market = self.admin.chain.contract("JobMarketplace")
+        event = market.events.SessionCreated()
+        w3 = self.admin.chain.w3
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            block = w3.eth.get_block("latest")
+            receipts = [w3.eth.get_transaction_receipt(h) for h in block["transactions"]]
+            for receipt in receipts:
+                for log in event.process_receipt(receipt, errors=DISCARD):
+                    return int(log["args"]["sessionId"])
+            time.sleep(0.15)
+        return None
 
     async def _fault_upstream_restart(self, fault: Fault) -> None:
         p = self.procs["upstream"]
@@ -734,9 +819,14 @@ class Soak:
 
     def drain(self) -> None:
         """Gateway closes its sessions; hosts settle what they can; then time moves past
-        every session's end and settlement window and the rest is finalized."""
+        every session's end (hosts settle expired sessions with their newest receipt)
+        and past the settlement window, and the rest is finalized. The long run first
+        waits for the hosts as they are; the short one moves time at once. Every wait
+        ends early once nothing has changed on chain for `quiet` seconds."""
+        t = time.monotonic()
         gw = self.procs["gateway"]
         self.gateway_exit = gw.stop(timeout=180)
+        t = self._mark("drain.gateway_stop", t)
         market = self.admin.chain.contract("JobMarketplace")
         count = int(self.admin.chain.call(market.functions.sessionCount()))
         jobs = self.admin.get_session_job_manager()
@@ -748,50 +838,85 @@ class Soak:
                 if jobs.get_session(sid).status.name in ("ACTIVE", "CLOSING")
             ]
 
-        deadline = time.monotonic() + 90
-        while open_sessions() and time.monotonic() < deadline:
-            time.sleep(3)
+        def settle_wait(limit: float, quiet: float) -> None:
+            deadline, left = time.monotonic() + limit, open_sessions()
+            since = time.monotonic()
+            while left and time.monotonic() < deadline and time.monotonic() - since < quiet:
+                time.sleep(1.0)
+                now_left = open_sessions()
+                if now_left != left:
+                    left, since = now_left, time.monotonic()
+
+        short = self.opts.short
+        if not short:
+            settle_wait(90, quiet=30)
+            t = self._mark("drain.hosts_settle", t)
         # Past every end: hosts settle expired sessions with their newest receipt.
         _rpc(self.anvil, "evm_increaseTime", [SESSION_DURATION + 60])
         _rpc(self.anvil, "evm_mine", [])
-        deadline = time.monotonic() + 60
-        while open_sessions() and time.monotonic() < deadline:
-            time.sleep(3)
+        # A host's settlement pass: up to its interval (2 s), a batch, a 1 s block; a
+        # failed pass backs off up to the interval. 8 s unchanged means none is coming.
+        settle_wait(60, quiet=8 if short else 20)
+        t = self._mark("drain.after_end", t)
         _rpc(self.anvil, "evm_increaseTime", [SETTLEMENT_WINDOW + 60])
         _rpc(self.anvil, "evm_mine", [])
-        deadline = time.monotonic() + 30
-        while open_sessions() and time.monotonic() < deadline:
-            time.sleep(3)
-        self.finalized = []
-        for sid in open_sessions():
-            jobs.finalize(sid)
-            self.finalized.append(sid)
+        if not short:
+            settle_wait(30, quiet=10)
+        # Anyone may finalize: each from its own client wallet, so they share a block.
+        self.finalized = open_sessions()
+        finalizers = [
+            sdk_for(index, self.anvil, self.chain_id, self.workdir).get_session_job_manager()
+            for index in self._client_accounts()
+        ]
+        k = len(finalizers)
+
+        def finalize_share(n: int) -> None:
+            for sid in self.finalized[n::k]:  # one wallet's share, one after another
+                finalizers[n].finalize(sid)
+
+        with ThreadPoolExecutor(max_workers=k) as pool:
+            list(pool.map(finalize_share, range(k)))
         self.session_count = count
+        self._mark("drain.finalize", t)
 
     def stop_workers(self) -> None:
-        self.worker_exits: dict[str, list[int | None]] = {}
-        for name, p in self.procs.items():
-            if name.startswith("worker-"):
-                final = p.stop(timeout=90)
-                self.worker_exits[name] = [*p.exits, final]
+        """SIGTERM every worker at once (each settles and exits), then collect them."""
+        workers = {n: p for n, p in self.procs.items() if n.startswith("worker-")}
+        with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+            stopped = pool.map(lambda p: p.stop(timeout=90), workers.values())
+            finals = dict(zip(workers, stopped, strict=True))
+        self.worker_exits: dict[str, list[int | None]] = {
+            name: [*p.exits, finals[name]] for name, p in workers.items()
+        }
 
     def withdraw_all(self) -> None:
+        """Every party withdraws; parties in parallel (each its own nonces)."""
         from fabstir.errors import SDKError
 
-        for h in self.hosts:
-            sdk = sdk_for(h.account, self.anvil, self.chain_id, self.workdir)
+        def host(account: int) -> None:
+            sdk = sdk_for(account, self.anvil, self.chain_id, self.workdir)
             with contextlib.suppress(SDKError):  # INSUFFICIENT_BALANCE: nothing owed
                 sdk.get_host_manager().withdraw_earnings(["USDC", "ETH"])
-        treasury = self.admin.get_treasury_manager()
-        for tok in ("USDC", "ETH"):
-            fees = treasury.get_treasury_balance(tok)
-            if self.admin.get_token(tok).parse(fees) > 0:
-                treasury.withdraw_treasury_funds(tok, fees)
-        for index in [GATEWAY_ACCOUNT, *self._client_accounts()]:
+
+        def treasurer() -> None:
+            treasury = self.admin.get_treasury_manager()
+            for tok in ("USDC", "ETH"):
+                fees = treasury.get_treasury_balance(tok)
+                if self.admin.get_token(tok).parse(fees) > 0:
+                    treasury.withdraw_treasury_funds(tok, fees)
+
+        def client(index: int) -> None:
             sdk = sdk_for(index, self.anvil, self.chain_id, self.workdir)
             for tok in ("USDC", "ETH"):
                 with contextlib.suppress(SDKError):
                     sdk.get_payment_manager().withdraw(None, tok)
+
+        jobs: list[Any] = [treasurer]
+        jobs += [lambda a=h.account: host(a) for h in self.hosts]
+        jobs += [lambda i=i: client(i) for i in [GATEWAY_ACCOUNT, *self._client_accounts()]]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for done in [pool.submit(job) for job in jobs]:
+                done.result()  # an unexpected failure fails the run
 
     # ------------------------------------------------------------------ checks
 
@@ -831,11 +956,12 @@ class Soak:
         self.checks[
             "split and refund exact (host + fee == tokens x price, + refund == deposit)"
         ] = not bad_split
-        lost, overpaid, reorged = [], [], 0
+        lost, overpaid = [], []
+        reorged: list[ClientSession] = []
         for rec in self.stats.sessions:
             info = infos.get(rec.session_id)
             if info is None or info.depositor.lower() != rec.depositor.lower():
-                reorged += 1  # the session's creation was reorganised away
+                reorged.append(rec)  # the session's creation was reorganised away
                 continue
             if info.tokens_used > rec.signed:
                 overpaid.append(rec.session_id)
@@ -848,6 +974,9 @@ class Soak:
                 f"overpaid {overpaid} lost {lost} bad split {bad_split} "
                 f"not settled {not_settled} settled twice {twice}"
             )
+        gateway_reorged = self._check_gateway(infos)
+        self._check_reorged(infos, reorged, gateway_reorged)
+        self._check_parties(chain, market, by_session, infos)
         # The books, per token, after everyone withdrew: nothing owed, nothing held.
         earnings = chain.contract("HostEarnings")
         treasury = chain.contract("Treasury")
@@ -881,8 +1010,120 @@ class Soak:
         ] = not self.stats.unclear
         self.checks["gateway shut down cleanly"] = self.gateway_exit == 0
         self.checks["every scheduled fault injected"] = all(f.done for f in self.faults)
-        self.figures["sessions_reorged_away"] = reorged
+        self.figures["sessions_reorged_away"] = len(reorged) + len(gateway_reorged)
         self.figures["sessions_finalized_by_anyone"] = len(self.finalized)
+
+    def _check_gateway(self, infos: dict[int, Any]) -> list[int]:
+        """Per gateway session, from the gateway's own ledger: the host was paid at
+        least the newest receipt it acknowledged and at most the newest the gateway
+        signed, at the price and deposit the gateway booked (so the refund is exact);
+        and the ledger knows every session the gateway's wallet opened. Returns the
+        ledger's sessions whose creation a reorg removed."""
+        from fabstir.gateway.ledger import Ledger
+
+        wallet = _address_of(GATEWAY_ACCOUNT)
+        market = self.admin.chain.contract("JobMarketplace").address
+        ledger = Ledger(
+            self.workdir / "gateway-home" / "gateway.db",
+            chain_id=self.chain_id, marketplace=str(market), wallet=wallet,
+        )  # fmt: skip
+        try:
+            records = ledger.sessions()
+        finally:
+            ledger.close()
+        mine = {sid for sid, i in infos.items() if i.depositor.lower() == wallet.lower()}
+        lost, overpaid, terms, reorged = [], [], [], []
+        for rec in records:
+            info = infos.get(rec.session_id)
+            if info is None or info.depositor.lower() != wallet.lower():
+                reorged.append(rec.session_id)
+                continue
+            if info.tokens_used > rec.signed:
+                overpaid.append(rec.session_id)
+            if info.tokens_used < rec.acked:
+                lost.append(rec.session_id)
+            if (rec.price, rec.deposit, rec.tokens) != (
+                info.price_per_token,
+                info.deposit_raw,
+                info.tokens_used,
+            ):
+                terms.append(rec.session_id)
+        unbooked = sorted(mine - {r.session_id for r in records})
+        self.checks["gateway sessions: no host paid more than the gateway signed"] = not overpaid
+        self.checks["gateway sessions: no acknowledged receipt lost"] = not lost
+        self.checks["gateway ledger: price, deposit and final tokens match the chain"] = not terms
+        self.checks["gateway ledger knows every session its wallet opened"] = not unbooked
+        if overpaid or lost or terms or unbooked:
+            self.problems.append(
+                f"gateway: overpaid {overpaid} lost {lost} terms differ {terms} "
+                f"not in the ledger {unbooked}"
+            )
+        self.figures["gateway_sessions"] = len(records) - len(reorged)
+        self.figures["gateway_signed_tokens"] = sum(r.signed for r in records)
+        return reorged
+
+    def _check_reorged(
+        self, infos: dict[int, Any], sdk: list[ClientSession], gateway: list[int]
+    ) -> None:
+        """Sessions a reorg removed: no host is paid for them (no session of that
+        depositor on chain that it does not know of carries tokens), and the SDK
+        client met an error with one of the SDK's codes in it, no hang, unless it
+        had vanished by then (the escrow's return is in the per-party money check)."""
+        known: dict[str, set[int]] = {}
+        for rec in self.stats.sessions:
+            if rec not in sdk:
+                known.setdefault(rec.depositor.lower(), set()).add(rec.session_id)
+        paid = []
+        for who in {r.depositor.lower() for r in sdk}:
+            for sid, info in infos.items():
+                unknown = info.depositor.lower() == who and sid not in known.get(who, set())
+                if unknown and info.tokens_used != 0:
+                    paid.append(sid)
+        from fabstir.errors import SDKErrorCode
+
+        clear = {c.value for c in SDKErrorCode}
+        # A client that vanished on purpose is not there to see anything.
+        silent = [
+            r.session_id
+            for r in sdk
+            if r.ending != "vanished" and (not r.codes or set(r.codes) - clear)
+        ]
+        self.checks["reorged sessions: no host paid for them"] = not paid
+        self.checks["reorged sessions: the client met a clear error code"] = not silent
+        if paid or silent:
+            self.problems.append(f"reorged: paid {paid} no clear error {silent}")
+        self.figures["reorged_sdk_sessions"] = [asdict(r) for r in sdk]
+        self.figures["reorged_gateway_sessions"] = gateway
+
+    def _check_parties(
+        self, chain: Any, market: Any, settled: dict[int, list[Any]], infos: dict[int, Any]
+    ) -> None:
+        """Every client's money, per token, to the unit: what it deposited less what it
+        withdrew is exactly what its settled sessions cost. A session a reorg removed,
+        or any escrow not given back, would show here."""
+        from fabstir.chain.logscan import event_logs
+
+        parties = {_address_of(i).lower() for i in [GATEWAY_ACCOUNT, *self._client_accounts()]}
+        net: Counter[tuple[str, str]] = Counter()
+        for log in event_logs(chain, market.events.Deposited(), from_block=self.start_block):
+            net[(str(log["args"]["user"]).lower(), str(log["args"]["token"]).lower())] += int(
+                log["args"]["amount"]
+            )
+        for log in event_logs(chain, market.events.Withdrawn(), from_block=self.start_block):
+            net[(str(log["args"]["user"]).lower(), str(log["args"]["token"]).lower())] -= int(
+                log["args"]["amount"]
+            )
+        for sid, logs in settled.items():
+            info = infos.get(sid)
+            if info is None:
+                continue
+            a = logs[-1]
+            key = (info.depositor.lower(), str(a["token"]).lower())
+            net[key] -= int(a["hostAmount"]) + int(a["fee"])
+        wrong = {f"{u}/{t}": v for (u, t), v in net.items() if u in parties and v != 0}
+        self.checks["every client's deposits - withdrawals == its sessions' cost"] = not wrong
+        if wrong:
+            self.problems.append(f"client money off by {wrong}")
 
     def report(self) -> dict[str, Any]:
         s = self.stats
@@ -921,6 +1162,7 @@ class Soak:
             "machine": {**machine(), "loadavg_1m": os.getloadavg()[0]},
             "seed": self.opts.seed,
             "duration_s": self.opts.duration,
+            "short": self.opts.short,
             "clients": {"sdk": self.opts.sdk_clients, "gateway": self.opts.gateway_clients},
             "hosts": [asdict(h) for h in self.hosts],
             "fault_schedule": faults,
@@ -981,7 +1223,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
         timed("withdraw", soak.withdraw_all)
         timed("check", soak.check)
         result = soak.report()
-        result["phases_s"] = phases
+        result["phases_s"] = {**phases, **soak.phases}
         return result
     finally:
         soak.close()
@@ -1024,6 +1266,8 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"  [{'ok' if ok else 'FAIL'}] {name}")
     for p in result["problems"]:
         print(f"  problem: {p}")
+    phases = result.get("phases_s", {})
+    print("  phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1035,6 +1279,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--workdir", type=Path, help="keep logs and databases here")
     parser.add_argument("--out", type=Path, help="results file (default bench/results/soak.json)")
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="CI mode: faults compressed into the first half, 5 s RPC outage, time moved "
+        "forward at once after the load",
+    )
     args = parser.parse_args(argv)
     models.fetch(models.find())
     # The SDK's retry warnings would drown the table; the figures count the errors.
@@ -1047,6 +1297,7 @@ def main(argv: list[str] | None = None) -> int:
         max_tokens=args.max_tokens,
         workdir=args.workdir,
         out=args.out,
+        short=args.short,
     )
     result = run_soak(opts)
     print_report(result)

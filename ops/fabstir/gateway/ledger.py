@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 SessionState = Literal["open", "closing", "closed"]
 
 _SCHEMA: Final = """
@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     state TEXT NOT NULL,
     opened_at REAL NOT NULL,
     closed_at REAL,
+    signed INTEGER NOT NULL DEFAULT 0,
+    acked INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (chain_id, marketplace, session_id)
 );
 CREATE TABLE IF NOT EXISTS requests (
@@ -52,6 +54,11 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_by_session ON requests (chain_id, marketplace, session_id);
 """
+#: Version 1 -> 2: the newest receipt signed and the newest the host acknowledged.
+_MIGRATE_1_TO_2: Final = (
+    "ALTER TABLE sessions ADD COLUMN signed INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sessions ADD COLUMN acked INTEGER NOT NULL DEFAULT 0",
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,10 @@ class SessionRecord:
     state: SessionState
     opened_at: float
     closed_at: float | None
+    #: tokens of the newest receipt the gateway signed / the host acknowledged: the
+    #: host may be paid anything in [acked, signed] and nothing else.
+    signed: int = 0
+    acked: int = 0
 
     @property
     def cost(self) -> int:
@@ -103,11 +114,14 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, 1, SCHEMA_VERSION):
             raise RuntimeError(
                 f"{path} has gateway schema version {version}; this gateway knows {SCHEMA_VERSION}"
             )
         self._db.executescript(_SCHEMA)
+        if version == 1:
+            for statement in _MIGRATE_1_TO_2:
+                self._db.execute(statement)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -194,6 +208,17 @@ class Ledger:
                 (session_tokens, chain_id, marketplace, session_id),
             )
 
+    def receipts(self, session_id: int, *, signed: int, acked: int) -> None:
+        """The newest receipt signed for the session and the newest the host acknowledged
+        (both only grow: a late, older report cannot lower them)."""
+        chain_id, marketplace, _ = self._scope
+        with self._tx() as db:
+            db.execute(
+                "UPDATE sessions SET signed = MAX(signed, ?), acked = MAX(acked, ?)"
+                " WHERE chain_id = ? AND marketplace = ? AND session_id = ?",
+                (signed, acked, chain_id, marketplace, session_id),
+            )
+
     def session_closed(self, session_id: int, tokens: int) -> None:
         """The chain's final count for the session (what the host was paid for)."""
         chain_id, marketplace, _ = self._scope
@@ -208,7 +233,7 @@ class Ledger:
         chain_id, marketplace, wallet = self._scope
         sql = (
             "SELECT session_id, host, model_id, token, price, deposit, max_tokens, tokens, state,"
-            " opened_at, closed_at FROM sessions"
+            " opened_at, closed_at, signed, acked FROM sessions"
             " WHERE chain_id = ? AND marketplace = ? AND wallet = ?"
         )
         args: list[object] = [chain_id, marketplace, wallet]
@@ -230,6 +255,8 @@ class Ledger:
                 state=r[8],
                 opened_at=r[9],
                 closed_at=r[10],
+                signed=r[11],
+                acked=r[12],
             )
             for r in rows
         ]

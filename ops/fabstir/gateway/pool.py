@@ -408,11 +408,26 @@ class SessionPool:
                 await asyncio.sleep(delay)
                 delay *= 2
 
+    def note_receipts(self, session_id: int) -> None:
+        """Book the newest receipt signed for the session and the newest the host
+        acknowledged, so what the host is paid can be checked against them later."""
+        with contextlib.suppress(SDKError):  # not live in this process: nothing new
+            receipt = self._sm.latest_receipt(session_id)
+            self._ledger.receipts(
+                session_id,
+                signed=receipt.tokens_used if receipt is not None else 0,
+                acked=self._sm.acknowledged_tokens(session_id),
+            )
+
     async def _close_once(self, session_id: int) -> None:
         try:
-            result = await self._sm.complete_session(
-                session_id, settle_timeout=self.config.settle_timeout
-            )
+            try:
+                result = await self._sm.complete_session(
+                    session_id, settle_timeout=self.config.settle_timeout
+                )
+            finally:
+                # complete_session hands over the newest receipt first: book what it got.
+                self.note_receipts(session_id)
             tokens = result.tokens_used
             log.info(
                 "session %s closed: %s tokens, cost %s %s (%s)",
@@ -429,6 +444,17 @@ class SessionPool:
             if info.status == SessionStatus.ACTIVE:
                 if exc.code is SDKErrorCode.NETWORK_ERROR:
                     raise  # the close did not get through: _close_by_id tries again
+                if exc.code is SDKErrorCode.SESSION_NOT_FOUND:
+                    # Opened on chain but start_session failed before it kept any client
+                    # state (a chain outage between create and connect): this wallet
+                    # signed no receipt for it, so close it with none; the host can
+                    # still settle a newer one within the settlement window.
+                    await asyncio.to_thread(
+                        self._sdk.get_session_job_manager().request_close, session_id
+                    )
+                    log.info("session %s had no client state: close requested", session_id)
+                    self._ledger.session_closed(session_id, 0)
+                    return
                 log.warning("session %s could not be closed: %s", session_id, exc)
                 return
             tokens = info.tokens_used

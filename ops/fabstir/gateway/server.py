@@ -318,6 +318,7 @@ class Gateway:
             price=s.price,
             outcome=outcome,
         )
+        self.pool.note_receipts(s.session_id)
         log.info(
             "request %s: session %s host %s, %d tokens, %s, %.0f ms",
             answer.id,

@@ -176,6 +176,20 @@ class _Live:
     completed: bool = False
 
 
+def _same_session(live: _Live, info: SessionInfo) -> None:
+    """The chain's session `live.info.session_id` must still be the one this client
+    opened. A reorg can drop the creation and give the id to someone else's session;
+    then its result is not this client's to report (or to act on)."""
+    if info.session_key.lower() != live.key.address.lower():
+        raise SDKError(
+            SDKErrorCode.SESSION_NOT_FOUND,
+            f"session {info.session_id} on chain is no longer the one this client opened "
+            "(its creation was reorganised away; the id now belongs to another session). "
+            "Its escrow was never taken from you.",
+            {"session_id": info.session_id},
+        )
+
+
 class SessionManager:
     """The reference's SessionManager on the real protocol (see module docstring)."""
 
@@ -567,6 +581,7 @@ class SessionManager:
         restores it, or gets it from this client if it lost it)."""
         live = self._live.get(session_id) or await self._load(session_id)
         info = await asyncio.to_thread(self._sdk.get_session_job_manager().get_session, session_id)
+        _same_session(live, info)
         if info.status != SessionStatus.ACTIVE:
             raise SDKError(
                 SDKErrorCode.INVALID_SESSION_STATE,
@@ -637,6 +652,7 @@ class SessionManager:
                     self._storage_id(session_id), live.messages
                 )
         info = await self._wait_settled(session_id, settle_timeout)
+        _same_session(live, info)
         close_tx = None
         if info.status == SessionStatus.ACTIVE:
             close_tx = await asyncio.to_thread(jobs.request_close, session_id, live.last_receipt)
@@ -693,6 +709,11 @@ class SessionManager:
     def latest_receipt(self, session_id: int) -> Receipt | None:
         """The newest receipt this client signed for the session."""
         return self._require_live(session_id).last_receipt
+
+    def acknowledged_tokens(self, session_id: int) -> int:
+        """Tokens of the newest receipt the host acknowledged storing: what it can be
+        paid at least (it may also hold a newer one whose acknowledgement was lost)."""
+        return self._require_live(session_id).acked
 
     async def close_all(self) -> None:
         """Disconnect every live session (no settlement)."""
