@@ -6,7 +6,9 @@ time (the wire protocol's rule), and reuses them across requests: receipts stay
 cumulative per session, so one session's create and settlement are shared by
 every request it serves. Hosts are ranked by price (or measured latency, or one
 fixed host); one that cannot be reached or fails before its first token is set
-aside for `host_cooldown` seconds and the request goes to the next.
+aside for `host_cooldown` seconds and the request goes to the next. A chain
+outage (the gateway's RPC unreachable) is nobody's host's fault: no host is set aside
+for it and the request ends with 503 chain_unavailable.
 
 Money: a session is opened only when the budget covers its deposit (what is
 committed is every open session's deposit plus every closed session's cost, from
@@ -46,6 +48,11 @@ Strategy = Literal["cheapest", "latency", "fixed"]
 
 #: Errors that say the wallet cannot fund a session at all (not the host's fault).
 _FUNDING_ERRORS = frozenset({SDKErrorCode.INSUFFICIENT_BALANCE, SDKErrorCode.DEPOSIT_TOO_LOW})
+#: Errors that say the gateway's own chain (its RPC) is unreachable: every host would
+#: fail the same way and none is at fault, so no host is set aside for them (the client
+#: gets 503 chain_unavailable). A host's SERVICE_UNAVAILABLE is not here: the code also
+#: means shutting down, engine down or not accepting, and the frame cannot tell which.
+_CHAIN_ERRORS = frozenset({SDKErrorCode.NETWORK_ERROR})
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,11 @@ class SessionPool:
             except ApiError:
                 raise
             except (SDKError, OSError, TimeoutError) as exc:
+                if isinstance(exc, SDKError) and exc.code in _CHAIN_ERRORS:
+                    # The chain is down, not the host: setting it aside would turn
+                    # requests away for host_cooldown after the chain is back.
+                    log.warning("no session with host %s: the chain is unreachable", host.address)
+                    raise
                 log.warning("host %s failed to open a session: %s", host.address, exc)
                 self._set_down(host.address)
                 exclude.add(host.address)
