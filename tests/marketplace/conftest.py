@@ -40,7 +40,7 @@ def keyholder(accounts: Any, admin: Any) -> Any:
     return account
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def env(
     project: Any,
     system: Any,
@@ -54,7 +54,8 @@ def env(
     keyholder: Any,
 ) -> Env:
     """The root ``system`` with this suite's actors: two models, two hosts, funded
-    clients (the suite's constants are the default deploy parameters)."""
+    clients (the suite's constants are the default deploy parameters). Module scoped,
+    as every suite's actors on ``system`` (the root conftest says why)."""
     defaults = DeployParams()
     assert (defaults.fee_bps, defaults.settlement_window, defaults.min_stake) == (
         FEE_BPS,
