@@ -93,6 +93,12 @@ DEFAULT_USDC_MIN_PRICE = 200  # 0.0002 USDC per generated token
 DEFAULT_ETH_MIN_PRICE = 10**9  # 1 gwei per generated token
 
 
+#: A session fixture that returns a value or callable and sends nothing at set-up. ape
+#: is told (chain_isolation=False), so a test first asking for it mid-module does not
+#: make ape revert and rebuild the module's fixtures (a "rebase").
+_stateless = ape.fixture(scope="session", chain_isolation=False)
+
+
 # ----------------------------------------------------------------- accounts
 
 
@@ -289,7 +295,30 @@ def _strict_reverts(error, **inputs):
         )
 
 
-@pytest.fixture(scope="session")
+def _add_model(registry, curator, repo, file, sha256, size, metadata, approve):
+    receipt = registry.addModel(repo, file, sha256, size, metadata, sender=curator)
+    # Take the id from the event, i.e. what the contract computed on add.
+    model_id = registry.ModelAdded.from_receipt(receipt)[0].modelId
+    if approve:
+        registry.approveModel(model_id, sender=curator)
+    return model_id
+
+
+def _stake_and_register(fab, node_registry, host, allowance, stake, models, prices, api_url, meta):
+    # ``host`` already holds the FAB; ``prices`` maps token -> min price, in chain order.
+    fab.approve(node_registry, allowance, sender=host)
+    return node_registry.register(
+        stake,
+        api_url,
+        meta,
+        list(models),
+        list(prices.keys()),
+        list(prices.values()),
+        sender=host,
+    )
+
+
+@_stateless
 def reverts():
     """Strict ``ape.reverts``: ``with reverts(contract.ErrorName, arg=value): ...``.
 
@@ -316,12 +345,7 @@ def add_model(model_registry, curator):
         size=TINY_VICUNA_SIZE,
         metadata='{"quant":"q4_k_m"}',
     ):
-        receipt = model_registry.addModel(repo, file, sha256, size, metadata, sender=curator)
-        # Take the id from the event, i.e. what the contract computed on add.
-        model_id = model_registry.ModelAdded.from_receipt(receipt)[0].modelId
-        if approve:
-            model_registry.approveModel(model_id, sender=curator)
-        return model_id
+        return _add_model(model_registry, curator, repo, file, sha256, size, metadata, approve)
 
     return _add
 
@@ -364,15 +388,8 @@ def register_host(node_registry, fab, fund_fab, tiny_vicuna, usdc):
         if prices is None:
             prices = {usdc.address: DEFAULT_USDC_MIN_PRICE, ETH: DEFAULT_ETH_MIN_PRICE}
         fund_fab(host, stake)
-        fab.approve(node_registry, stake, sender=host)
-        return node_registry.register(
-            stake,
-            api_url,
-            metadata,
-            list(models),
-            list(prices.keys()),
-            list(prices.values()),
-            sender=host,
+        return _stake_and_register(
+            fab, node_registry, host, stake, stake, models, prices, api_url, metadata
         )
 
     return _register
@@ -381,7 +398,7 @@ def register_host(node_registry, fab, fund_fab, tiny_vicuna, usdc):
 # ------------------------------------------------------- factories on ``system``
 
 
-@pytest.fixture(scope="session")
+@_stateless
 def add_system_model(system, curator):
     """``add_system_model(repo, file, *, sha256=..., size=..., metadata="{}", approve=True)
     -> id``: adds a model to ``system``'s ModelRegistry as the curator and (by default)
@@ -397,16 +414,12 @@ def add_system_model(system, curator):
         approve=True,
     ):
         registry = system.model_registry
-        receipt = registry.addModel(repo, file, sha256, size, metadata, sender=curator)
-        model_id = registry.ModelAdded.from_receipt(receipt)[0].modelId
-        if approve:
-            registry.approveModel(model_id, sender=curator)
-        return model_id
+        return _add_model(registry, curator, repo, file, sha256, size, metadata, approve)
 
     return _add
 
 
-@pytest.fixture(scope="session")
+@_stateless
 def register_system_host(system, admin):
     """``register_system_host(host, models, prices=None, *, stake=MIN_STAKE, fund=None,
     api_url=..., metadata=...) -> receipt``: registers ``host`` on ``system``'s
@@ -431,21 +444,14 @@ def register_system_host(system, admin):
             prices = {system.usdc.address: DEFAULT_USDC_MIN_PRICE, ETH: DEFAULT_ETH_MIN_PRICE}
         fund = stake if fund is None else fund
         system.fab.transfer(host, fund, sender=admin)
-        system.fab.approve(system.node_registry, fund, sender=host)
-        return system.node_registry.register(
-            stake,
-            api_url,
-            metadata,
-            list(models),
-            list(prices.keys()),
-            list(prices.values()),
-            sender=host,
+        return _stake_and_register(
+            system.fab, system.node_registry, host, fund, stake, models, prices, api_url, metadata
         )
 
     return _register
 
 
-@pytest.fixture(scope="session")
+@_stateless
 def fund_client(system, admin):
     """``fund_client(client, amount, *, approve=True, deposit=0)``: mints ``amount`` mock
     USDC (smallest units) to ``client``; by default approves the marketplace for all of
@@ -461,7 +467,7 @@ def fund_client(system, admin):
     return _fund
 
 
-@pytest.fixture(scope="session")
+@_stateless
 def open_session(system):
     """``open_session(depositor, host, model_id, deposit, price, *, token=usdc,
     duration=3600, proof_interval=100, signer=None, from_wallet=False, **tx) -> session id``.
