@@ -29,8 +29,22 @@ should pull ``deployment`` in up front::
 
     pytestmark = pytest.mark.usefixtures("deployment")
 
-Helpers ``add_model``, ``fund_fab`` and ``register_host`` are plain callables
-returned by fixtures, so they can be used inside tests and inside other fixtures.
+What a suite sets up on ``system`` (its models, hosts, funded clients) is MODULE
+scoped. ``ape test tests`` runs every suite in one session on one anvil, and ape
+reverts the module snapshot after a module's last test, so each module starts from the
+bare ``system`` whatever ran before it. A session-scoped fixture that writes to
+``system`` would instead stay for the rest of the run: the next suite would find its
+hosts already registered (``AlreadyRegistered``), its models already added and its
+session ids taken. (ape's package isolation is no way out: with pytest 8 a
+package-scoped plugin fixture lives as long as the session, so it never reverts
+between folders.) Worker processes and threads that read the chain are started per
+test, inside the module's state, never in a fixture of wider scope than the actors
+they serve.
+
+Helpers ``add_model``, ``fund_fab`` and ``register_host`` (on the registries of
+``deployment``) and ``add_system_model``, ``register_system_host``, ``fund_client`` and
+``open_session`` (on ``system``) are plain callables returned by fixtures, so they can
+be used inside tests and inside other fixtures.
 ``reverts`` is a strict ``ape.reverts`` (see ``_strict_reverts`` for why).
 
 The constants below document the deployed parameters. Do not ``from conftest
@@ -77,6 +91,12 @@ DEFAULT_API_URL = "wss://host.example:8443"
 DEFAULT_HOST_METADATA = '{"hardware":"1x H100","location":"eu","maxConcurrent":4}'
 DEFAULT_USDC_MIN_PRICE = 200  # 0.0002 USDC per generated token
 DEFAULT_ETH_MIN_PRICE = 10**9  # 1 gwei per generated token
+
+
+#: A session fixture that returns a value or callable and sends nothing at set-up. ape
+#: is told (chain_isolation=False), so a test first asking for it mid-module does not
+#: make ape revert and rebuild the module's fixtures (a "rebase").
+_stateless = ape.fixture(scope="session", chain_isolation=False)
 
 
 # ----------------------------------------------------------------- accounts
@@ -275,7 +295,30 @@ def _strict_reverts(error, **inputs):
         )
 
 
-@pytest.fixture(scope="session")
+def _add_model(registry, curator, repo, file, sha256, size, metadata, approve):
+    receipt = registry.addModel(repo, file, sha256, size, metadata, sender=curator)
+    # Take the id from the event, i.e. what the contract computed on add.
+    model_id = registry.ModelAdded.from_receipt(receipt)[0].modelId
+    if approve:
+        registry.approveModel(model_id, sender=curator)
+    return model_id
+
+
+def _stake_and_register(fab, node_registry, host, allowance, stake, models, prices, api_url, meta):
+    # ``host`` already holds the FAB; ``prices`` maps token -> min price, in chain order.
+    fab.approve(node_registry, allowance, sender=host)
+    return node_registry.register(
+        stake,
+        api_url,
+        meta,
+        list(models),
+        list(prices.keys()),
+        list(prices.values()),
+        sender=host,
+    )
+
+
+@_stateless
 def reverts():
     """Strict ``ape.reverts``: ``with reverts(contract.ErrorName, arg=value): ...``.
 
@@ -302,12 +345,7 @@ def add_model(model_registry, curator):
         size=TINY_VICUNA_SIZE,
         metadata='{"quant":"q4_k_m"}',
     ):
-        receipt = model_registry.addModel(repo, file, sha256, size, metadata, sender=curator)
-        # Take the id from the event, i.e. what the contract computed on add.
-        model_id = model_registry.ModelAdded.from_receipt(receipt)[0].modelId
-        if approve:
-            model_registry.approveModel(model_id, sender=curator)
-        return model_id
+        return _add_model(model_registry, curator, repo, file, sha256, size, metadata, approve)
 
     return _add
 
@@ -350,15 +388,125 @@ def register_host(node_registry, fab, fund_fab, tiny_vicuna, usdc):
         if prices is None:
             prices = {usdc.address: DEFAULT_USDC_MIN_PRICE, ETH: DEFAULT_ETH_MIN_PRICE}
         fund_fab(host, stake)
-        fab.approve(node_registry, stake, sender=host)
-        return node_registry.register(
-            stake,
-            api_url,
-            metadata,
-            list(models),
-            list(prices.keys()),
-            list(prices.values()),
-            sender=host,
+        return _stake_and_register(
+            fab, node_registry, host, stake, stake, models, prices, api_url, metadata
         )
 
     return _register
+
+
+# ------------------------------------------------------- factories on ``system``
+
+
+@_stateless
+def add_system_model(system, curator):
+    """``add_system_model(repo, file, *, sha256=..., size=..., metadata="{}", approve=True)
+    -> id``: adds a model to ``system``'s ModelRegistry as the curator and (by default)
+    approves it. Returns the id the contract computed (HexBytes)."""
+
+    def _add(
+        repo,
+        file,
+        *,
+        sha256=TINY_VICUNA_SHA256,
+        size=TINY_VICUNA_SIZE,
+        metadata="{}",
+        approve=True,
+    ):
+        registry = system.model_registry
+        return _add_model(registry, curator, repo, file, sha256, size, metadata, approve)
+
+    return _add
+
+
+@_stateless
+def register_system_host(system, admin):
+    """``register_system_host(host, models, prices=None, *, stake=MIN_STAKE, fund=None,
+    api_url=..., metadata=...) -> receipt``: registers ``host`` on ``system``'s
+    NodeRegistry.
+
+    The admin sends it ``fund`` FAB (default: exactly ``stake``) and the host approves
+    that much before staking ``stake``. ``prices`` maps token address -> min price per
+    token (default: USDC 200, ETH 1 gwei); the order of the dict is the order on chain.
+    """
+
+    def _register(
+        host,
+        models,
+        prices=None,
+        *,
+        stake=MIN_STAKE,
+        fund=None,
+        api_url=DEFAULT_API_URL,
+        metadata=DEFAULT_HOST_METADATA,
+    ):
+        if prices is None:
+            prices = {system.usdc.address: DEFAULT_USDC_MIN_PRICE, ETH: DEFAULT_ETH_MIN_PRICE}
+        fund = stake if fund is None else fund
+        system.fab.transfer(host, fund, sender=admin)
+        return _stake_and_register(
+            system.fab, system.node_registry, host, fund, stake, models, prices, api_url, metadata
+        )
+
+    return _register
+
+
+@_stateless
+def fund_client(system, admin):
+    """``fund_client(client, amount, *, approve=True, deposit=0)``: mints ``amount`` mock
+    USDC (smallest units) to ``client``; by default approves the marketplace for all of
+    it (unlimited allowance) and deposits ``deposit`` of it into the marketplace."""
+
+    def _fund(client, amount, *, approve=True, deposit=0):
+        system.usdc.mint(client, amount, sender=admin)
+        if approve:
+            system.usdc.approve(system.marketplace, 2**256 - 1, sender=client)
+        if deposit:
+            system.marketplace.deposit(system.usdc, deposit, sender=client)
+
+    return _fund
+
+
+@_stateless
+def open_session(system):
+    """``open_session(depositor, host, model_id, deposit, price, *, token=usdc,
+    duration=3600, proof_interval=100, signer=None, from_wallet=False, **tx) -> session id``.
+
+    Opens a session on ``system``'s marketplace: from the depositor's marketplace
+    balance (``createSession``), or with ``from_wallet=True`` straight from its wallet
+    (``createSessionFromWallet``; ERC-20 allowance needed). ``signer`` is the receipt
+    key's address (default: zero, i.e. the depositor signs its own receipts); ``tx``
+    goes to the transaction (``value=`` for an ETH session from the wallet).
+    """
+
+    def _open(
+        depositor,
+        host,
+        model_id,
+        deposit,
+        price,
+        *,
+        token=None,
+        duration=3600,
+        proof_interval=100,
+        signer=None,
+        from_wallet=False,
+        **tx,
+    ):
+        mk = system.marketplace
+        create = mk.createSessionFromWallet if from_wallet else mk.createSession
+        create(
+            host,
+            model_id,
+            system.usdc if token is None else token,
+            deposit,
+            price,
+            duration,
+            proof_interval,
+            ZERO_ADDRESS if signer is None else signer,
+            sender=depositor,
+            **tx,
+        )
+        return int(mk.sessionCount())
+
+    return _open

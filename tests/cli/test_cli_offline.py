@@ -250,3 +250,22 @@ def test_demo_transaction_table_fits_80_columns() -> None:
     assert max(len(line) for line in lines) <= 80
     rows = [line for line in lines if "createSessionFromWallet" in line]
     assert len(rows) == 3 and all("0xabab…cdef" in row for row in rows)
+
+
+def test_table_is_plain_text_padded_to_fit() -> None:
+    """`table` (rich.table underneath): header, dashed rule, two spaces between columns,
+    cells never wrapped however long, no markup or colour codes, None as '-'."""
+    from fabstir.cli.output import table
+
+    address = "0x" + "ab" * 20
+    text = table(
+        ["contract", "address", "block"],
+        [("JobMarketplace", address, 12), ("[bold]FAB[/]", None, [True, False])],
+    )
+    assert text.splitlines() == [
+        "contract        address                                     block",
+        "--------------- ------------------------------------------- -------",
+        f"JobMarketplace  {address}  12",
+        "[bold]FAB[/]    -                                           yes, no",
+    ]
+    assert table(["id"], []) == "id\n--"

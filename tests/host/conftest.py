@@ -1,64 +1,84 @@
 """Fixtures for the host worker suite (helpers live in tests/support: host_env, worker,
-protocol_client, tcp_proxy, accounts, waits): a deployed marketplace on the test anvil, the
-bundled model (one engine per test module) and workers on real loopback sockets."""
+protocol_client, tcp_proxy, accounts, waits): the root ``system`` with this suite's
+actors on it, the bundled model (one engine per test module) and workers on real
+loopback sockets.
+
+The actors are set up per test module, as every suite's on ``system`` (the root
+conftest says why). Workers are started per test (``start_worker``), so a worker only
+ever sees the chain state of the test it serves: ape reverts the chain after each test,
+after the worker has stopped."""
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_utils import keccak
-from support.accounts import test_key
-from support.host_env import FEE_BPS, HOST_MIN_PRICE, OTHER_MODEL, USDC_UNIT, HostEnv
+from support.accounts import test_key, write_key_file
+from support.host_env import (
+    FEE_BPS,
+    HOST_MIN_PRICE,
+    OTHER_MODEL,
+    USDC_UNIT,
+    HostEnv,
+    addresses_file,
+)
 from support.worker import WorkerThread
 
 from fabstir import models
 from fabstir.chain.params import DeployParams
-from fabstir.chain.system import ETH, Roles, deploy_system
+from fabstir.chain.system import ETH
 from fabstir.host.config import HostConfig, Limits
 from fabstir.host.engines.llama import LlamaBatchEngine
 
 
-@pytest.fixture(scope="session")
-def hostenv(project: Any, accounts: Any, chain: Any, networks: Any) -> HostEnv:
-    deployer, curator, treasurer, slasher = accounts[0], accounts[1], accounts[2], accounts[3]
-    host, other_host, client, client2 = accounts[5], accounts[6], accounts[8], accounts[9]
+@pytest.fixture(scope="module")
+def hostenv(
+    system: Any,
+    chain: Any,
+    networks: Any,
+    admin: Any,
+    curator: Any,
+    hosts: list[Any],
+    clients: list[Any],
+    add_system_model: Callable[..., Any],
+    register_system_host: Callable[..., Any],
+    fund_client: Callable[..., None],
+    open_session: Callable[..., int],
+) -> HostEnv:
+    defaults = DeployParams()
+    assert (defaults.fee_bps, defaults.settlement_window) == (FEE_BPS, 3600)
+    s, deployer = system, admin
+    host, other_host = hosts[0], hosts[1]
+    client, client2 = clients[0], clients[1]
     host_key = test_key(5)
     assert host_key.address == host.address
-    params = DeployParams(fee_bps=FEE_BPS, settlement_window=3600)
-    roles = Roles(curator=curator, slasher=slasher, treasurer=treasurer)
-    s = deploy_system(project, deployer, params, roles)
 
     entry = models.find()
-    s.model_registry.addModel(
-        entry.repo, entry.file, bytes.fromhex(entry.sha256), entry.size, "{}", sender=curator
+    model_id = bytes(
+        add_system_model(
+            entry.repo, entry.file, sha256=bytes.fromhex(entry.sha256), size=entry.size
+        )
     )
-    model_id = bytes.fromhex(entry.model_id[2:])
-    s.model_registry.approveModel(model_id, sender=curator)
-    s.model_registry.addModel(*OTHER_MODEL, b"\xaa" * 32, 1234, "{}", sender=curator)
-    other_model_id = keccak(text="/".join(OTHER_MODEL))
-    s.model_registry.approveModel(other_model_id, sender=curator)
+    assert model_id == bytes.fromhex(entry.model_id[2:])
+    other_model_id = bytes(add_system_model(*OTHER_MODEL, sha256=b"\xaa" * 32, size=1234))
+    assert other_model_id == keccak(text="/".join(OTHER_MODEL))
 
-    stake = params.min_stake
     for h in (host, other_host):
-        s.fab.transfer(h, stake, sender=deployer)
-        s.fab.approve(s.node_registry, stake, sender=h)
-        s.node_registry.register(
-            stake,
-            "ws://127.0.0.1:8080",
-            "{}",
+        register_system_host(
+            h,
             [model_id, other_model_id],
-            [ETH, s.usdc.address],
-            [10**9, HOST_MIN_PRICE],
-            sender=h,
+            {ETH: 10**9, s.usdc.address: HOST_MIN_PRICE},
+            stake=defaults.min_stake,
+            api_url="ws://127.0.0.1:8080",
+            metadata="{}",
         )
     for c in (client, client2):
-        s.usdc.mint(c, 10_000 * USDC_UNIT, sender=deployer)
-        s.usdc.approve(s.marketplace, 2**256 - 1, sender=c)
-        s.marketplace.deposit(s.usdc, 5_000 * USDC_UNIT, sender=c)
+        fund_client(c, 10_000 * USDC_UNIT, deposit=5_000 * USDC_UNIT)
 
     return HostEnv(
         system=s,
@@ -74,6 +94,7 @@ def hostenv(project: Any, accounts: Any, chain: Any, networks: Any) -> HostEnv:
         rpc_url=str(networks.provider.uri),
         addresses=s.addresses(),
         chain=chain,
+        opener=open_session,
     )
 
 
@@ -137,3 +158,25 @@ def start_worker(
     yield start
     for w in started:
         w.stop()
+
+
+@pytest.fixture
+def worker_args(hostenv: HostEnv, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """Command line and environment of `python -m fabstir.host` as a child process
+    (`support.worker.WorkerProcess`, for kill -9): the host's key in a 0600 file, its
+    database at `tmp_path / "host.db"`, a small engine, fast settlement."""
+    key_file = write_key_file(tmp_path / "host.key", hostenv.host_key)
+    args = [
+        "--rpc-url", hostenv.rpc_url,
+        "--addresses", str(addresses_file(tmp_path / "addresses.json", hostenv.addresses)),
+        "--db", str(tmp_path / "host.db"),
+        "--port", "0",
+        "--settlement-interval", "0.5",
+        "--settlement-coalesce", "0.1",
+        "--n-ctx", "512",
+        "--max-sequences", "2",
+        "--n-threads", "1",
+        "--max-tokens-per-request", "32",
+        "--log-level", "INFO",
+    ]  # fmt: skip
+    return args, {**os.environ, "FABSTIR_HOST_KEY_FILE": str(key_file)}

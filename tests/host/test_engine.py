@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import llama_cpp
 import pytest
 
-from fabstir import models
 from fabstir.host.engines.base import (
     ChatMessage,
     EngineClosedError,
@@ -44,14 +43,6 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 def user(text: str) -> list[ChatMessage]:
     return [ChatMessage("user", text)]
-
-
-@pytest.fixture(scope="module")
-def model_path() -> Path:
-    path = models.local_path(models.find())
-    if not path.is_file():
-        pytest.skip(f"bundled model not fetched ({path}); run `fabstir models fetch`")
-    return path
 
 
 @pytest.fixture(scope="module")

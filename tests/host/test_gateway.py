@@ -36,7 +36,6 @@ from fabstir.gateway.pool import PoolConfig, SessionPool
 from fabstir.gateway.server import Gateway, ServerSettings
 from fabstir.host.config import Limits
 from fabstir.host.engines.llama import LlamaBatchEngine
-from fabstir.sdk.config import SDKConfig
 from fabstir.sdk.sdk import FabstirSDK
 from fabstir.sdk.types import SessionStatus
 
@@ -84,17 +83,7 @@ class Market:
         return self.sdk().get_session_job_manager().get_session(session_id)
 
     def sdk(self, storage: Path | None = None) -> FabstirSDK:
-        sdk = FabstirSDK(
-            SDKConfig(
-                rpc_url=self.env.rpc_url,
-                chain_id=int(self.env.chain.chain_id),
-                contract_addresses=self.env.addresses,
-                use_deployment_file=False,
-                storage_dir=storage,
-            )
-        )
-        sdk.authenticate(key_of(CLIENT))
-        return sdk
+        return self.env.client_sdk(CLIENT, storage)
 
     def session_count(self) -> int:
         return int(self.env.mk.sessionCount())
@@ -405,18 +394,12 @@ def test_a_close_during_a_chain_outage_is_retried_until_it_gets_through(
 def _proxied_sdk(
     market: Market, tmp_path: Path, rpc_url: str, *, rpc_retries: int = 6
 ) -> FabstirSDK:
-    sdk = FabstirSDK(
-        SDKConfig(
-            rpc_url=rpc_url,
-            chain_id=int(market.env.chain.chain_id),
-            contract_addresses=market.env.addresses,
-            use_deployment_file=False,
-            storage_dir=tmp_path / "storage",
-            rpc_retries=rpc_retries,  # 1: an outage shows at once, not after the backoff
-        )
+    return market.env.client_sdk(
+        CLIENT,
+        tmp_path / "storage",
+        rpc_url=rpc_url,
+        rpc_retries=rpc_retries,  # 1: an outage shows at once, not after the backoff
     )
-    sdk.authenticate(key_of(CLIENT))
-    return sdk
 
 
 def test_api_key_is_required_when_configured(gateway: Callable[..., GatewayThread]) -> None:

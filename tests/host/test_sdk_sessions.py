@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.accounts import test_key as key_of
 from support.host_env import HostEnv
 from support.waits import run
 from support.worker import WorkerThread
@@ -28,7 +27,6 @@ from fabstir.protocol.messages import (
     parse_message,
 )
 from fabstir.protocol.receipts import ContentHasher, Receipt, check_receipt
-from fabstir.sdk.config import SDKConfig
 from fabstir.sdk.errors import SDKError, SDKErrorCode
 from fabstir.sdk.sdk import FabstirSDK
 from fabstir.sdk.types import SessionStatus
@@ -43,17 +41,7 @@ def make_sdk(hostenv: HostEnv, tmp_path: Path) -> Callable[[], FabstirSDK]:
     processes of the same user)."""
 
     def make() -> FabstirSDK:
-        sdk = FabstirSDK(
-            SDKConfig(
-                rpc_url=hostenv.rpc_url,
-                chain_id=int(hostenv.chain.chain_id),
-                contract_addresses=hostenv.addresses,
-                use_deployment_file=False,
-                storage_dir=tmp_path / "storage",
-            )
-        )
-        sdk.authenticate(key_of(CLIENT))
-        return sdk
+        return hostenv.client_sdk(CLIENT, tmp_path / "storage")
 
     return make
 

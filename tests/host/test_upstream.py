@@ -9,10 +9,8 @@ checks, the context window and the token counts."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-from support.accounts import test_key as key_of
 from support.host_env import PRICE, HostEnv
 from support.protocol_client import ProtocolClient, start_session
 from support.tcp_proxy import TcpProxy
@@ -36,9 +33,7 @@ from fabstir.host.config import HostConfig, Limits
 from fabstir.host.engines.base import ModelVerificationError
 from fabstir.host.engines.upstream import UpstreamEngine, UpstreamSettings, connect
 from fabstir.host.metrics import HostMetrics
-from fabstir.sdk.config import SDKConfig
 from fabstir.sdk.errors import SDKErrorCode
-from fabstir.sdk.sdk import FabstirSDK
 from fabstir.sdk.types import SessionStatus
 
 pytestmark = pytest.mark.usefixtures("hostenv")
@@ -116,48 +111,19 @@ class ThrottledProxy(TcpProxy):
         self.flowing = threading.Event()
         self.flowing.set()
 
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._conns += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._slow_pump, args=(upstream, client), daemon=True).start()
+    def _chunk_size(self, from_target: bool) -> int:
+        # Small reads from the upstream, so a delay holds back every few tokens.
+        return 256 if from_target else super()._chunk_size(from_target)
 
-    def _slow_pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(256):
-                self.flowing.wait()
-                time.sleep(self.delay)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+    def _before_forward(self, from_target: bool) -> None:
+        if from_target:
+            self.flowing.wait()
+            time.sleep(self.delay)
 
 
 @pytest.fixture(scope="module")
-def model_file() -> Path:
-    path = models.local_path(models.find())
-    if not path.is_file():
-        pytest.skip(f"bundled model not fetched ({path}); run `fabstir models fetch`")
-    return path
-
-
-@pytest.fixture(scope="module")
-def upstream(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    server = LlamaServer(model_file, tmp_path_factory.mktemp("upstream") / "server.log").start()
+def upstream(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    server = LlamaServer(model_path, tmp_path_factory.mktemp("upstream") / "server.log").start()
     yield server
     server.stop()
 
@@ -219,16 +185,7 @@ def test_paid_session_through_the_upstream_with_the_sdk(
     h = health(w)
     assert h["status"] == "ok" and h["engine"]["engine"] == "upstream"
     assert h["engine"]["identity"] == "operator-attested" and h["engine"]["tokenizer"] == "text"
-    sdk = FabstirSDK(
-        SDKConfig(
-            rpc_url=hostenv.rpc_url,
-            chain_id=int(hostenv.chain.chain_id),
-            contract_addresses=hostenv.addresses,
-            use_deployment_file=False,
-            storage_dir=tmp_path / "storage",
-        )
-    )
-    sdk.authenticate(key_of(8))
+    sdk = hostenv.client_sdk(8, tmp_path / "storage")
     sessions = sdk.get_session_manager()
     config = {"deposit_amount": "1.0", "price_per_token": PRICE, "duration": 3600,
               "proof_interval": 16}  # fmt: skip
@@ -350,10 +307,10 @@ def test_upstream_killed_mid_stream_and_restarted(
     hostenv: HostEnv,
     up_config: Callable[..., HostConfig],
     up_worker: Callable[..., WorkerThread],
-    model_file: Path,
+    model_path: Path,
     tmp_path: Path,
 ) -> None:
-    own = LlamaServer(model_file, tmp_path / "own.log").start()
+    own = LlamaServer(model_path, tmp_path / "own.log").start()
     try:
         w = up_worker(up_config(own.url, limits=Limits(max_tokens_per_request=300)))
         opened = hostenv.open_session(proof_interval=500)
@@ -432,7 +389,7 @@ def test_model_identity_is_checked_against_the_upstream(
     hostenv: HostEnv,
     up_config: Callable[..., HostConfig],
     upstream: LlamaServer,
-    model_file: Path,
+    model_path: Path,
     tmp_path: Path,
 ) -> None:
     entry = models.find()
@@ -458,15 +415,15 @@ def test_model_identity_is_checked_against_the_upstream(
     assert info.value.code is SDKErrorCode.MODEL_NOT_FOUND
 
     # Without an alias llama.cpp's server names the model by its file: checked by sha256.
-    plain = LlamaServer(model_file, tmp_path / "plain.log", alias=None).start()
+    plain = LlamaServer(model_path, tmp_path / "plain.log", alias=None).start()
     try:
-        assert asyncio.run(check(plain.url, str(model_file), entry.sha256, False)) == "sha256"
+        assert asyncio.run(check(plain.url, str(model_path), entry.sha256, False)) == "sha256"
         with pytest.raises(ModelVerificationError) as info:
-            asyncio.run(check(plain.url, str(model_file), "ab" * 32, True))
+            asyncio.run(check(plain.url, str(model_path), "ab" * 32, True))
         assert info.value.code is SDKErrorCode.INVALID_MODEL_HASH
         # The worker with such an upstream serves, and says how it knows.
         w = WorkerThread(
-            up_config(plain.url, upstream_model=str(model_file), upstream_attested=False), None
+            up_config(plain.url, upstream_model=str(model_path), upstream_attested=False), None
         ).start()
         try:
             assert health(w)["engine"]["identity"] == "sha256"

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support.client_checkpoint import resume_and_close, serve_unsigned_then_checkpoint
 from support.host_env import HostEnv
-from support.protocol_client import ProtocolClient, start_session
 from support.rpc_proxy import FaultProxy
-from support.waits import run, wait_until
+from support.waits import wait_until
 from support.worker import WorkerThread
 
 
@@ -34,29 +34,8 @@ def test_resume_reads_the_onchain_receipt_through_capped_log_ranges(
     opened = hostenv.open_session()
     sid = opened.session_id
 
-    async def serve() -> ProtocolClient:
-        client = await start_session(w.url, opened)
-        await client.ask("Name a mountain.", 10, sign=False)
-        await client.aclose()
-        return client
-
-    client = run(serve())
-    assert client.signer is not None
-    receipt = client.signer.sign(sid, client.tokens, client.hasher.hexdigest)
-    client.signed[receipt.tokens_used] = receipt.content_hash
-    hostenv.mk.submitCheckpoint(
-        sid, receipt.tokens_used, bytes.fromhex(receipt.content_hash[2:]),
-        receipt.signature_bytes, sender=hostenv.client,
-    )  # fmt: skip
-
-    async def resume() -> int:
-        again = await client.reconnect(w.url, opened)
-        assert again.tokens == receipt.tokens_used
-        await again.ask("And a lake.", 6)
-        await again.close_session()
-        return again.tokens
-
-    tokens = run(resume())
+    client, receipt = serve_unsigned_then_checkpoint(hostenv, w.url, opened)
+    tokens = resume_and_close(client, w.url, opened, receipt)
     assert capped.calls["eth_getLogs"] >= 1
     assert capped.injected["logs_refused"] >= 1  # the cap did bite, and was handled
     wait_until(lambda: settled(w, sid))

@@ -12,14 +12,8 @@ import pytest
 from support.host_env import HostEnv
 from support.protocol_client import start_session
 from support.waits import run, wait_until
-from web3 import Web3
 
 from fabstir.host.config import ConfigError
-
-
-def _rpc(hostenv: HostEnv, method: str, *params: Any) -> Any:
-    w3 = Web3(Web3.HTTPProvider(hostenv.rpc_url))
-    return w3.provider.make_request(method, list(params)).get("result")  # type: ignore[arg-type]
 
 
 def test_settlement_dropped_by_a_reorg_is_sent_again(hostenv: HostEnv, start_worker: Any) -> None:
@@ -40,13 +34,13 @@ def test_settlement_dropped_by_a_reorg_is_sent_again(hostenv: HostEnv, start_wor
     mk = hostenv.mk
     wait_until(lambda: mk.getSession(sid).status == 3 or None, timeout=30)  # Settled
     # The block holding the settlement is replaced by an empty one.
-    _rpc(hostenv, "anvil_reorg", 1, [])
+    hostenv.rpc("anvil_reorg", 1, [])
     assert mk.getSession(sid).status != 3
     stop = threading.Event()
 
     def miner() -> None:
         while not stop.wait(0.3):
-            _rpc(hostenv, "evm_mine")
+            hostenv.rpc("evm_mine")
 
     t = threading.Thread(target=miner)
     t.start()

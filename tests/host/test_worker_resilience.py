@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 import websockets
+from support.client_checkpoint import resume_and_close, serve_unsigned_then_checkpoint
 from support.host_env import PRICE, HostEnv
 from support.protocol_client import ProtocolClient, start_session
 from support.tcp_proxy import TcpProxy
@@ -233,29 +234,9 @@ def test_resume_from_a_receipt_the_client_put_on_chain(hostenv: HostEnv, start_w
     opened = hostenv.open_session()
     sid = opened.session_id
 
-    async def serve() -> ProtocolClient:
-        client = await start_session(w.url, opened)
-        await client.ask("Name a mountain.", 10, sign=False)
-        await client.aclose()
-        return client
-
-    client = run(serve())
-    assert client.signer is not None
-    receipt = client.signer.sign(sid, client.tokens, client.hasher.hexdigest)
-    client.signed[receipt.tokens_used] = receipt.content_hash
-    hostenv.mk.submitCheckpoint(
-        sid, receipt.tokens_used, bytes.fromhex(receipt.content_hash[2:]),
-        receipt.signature_bytes, sender=hostenv.client,
-    )  # fmt: skip
+    client, receipt = serve_unsigned_then_checkpoint(hostenv, w.url, opened)
     assert w.record(sid).receipt_tokens == 0
 
-    async def resume() -> int:
-        again = await client.reconnect(w.url, opened)
-        assert again.tokens == receipt.tokens_used
-        await again.ask("And a lake.", 6)
-        await again.close_session()
-        return again.tokens
-
-    tokens = run(resume())
+    tokens = resume_and_close(client, w.url, opened, receipt)
     wait_until(lambda: settled(w, sid))
     assert hostenv.session(sid).tokensUsed == tokens > receipt.tokens_used

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.host_env import PRICE, HostEnv, addresses_file
+from support.host_env import PRICE, HostEnv
 from support.protocol_client import ProtocolClient, start_session
 from support.waits import run, wait_until
 from support.worker import WorkerProcess
@@ -27,28 +27,6 @@ def row(db: Path, session_id: int) -> tuple[Any, ...] | None:
             " FROM sessions WHERE session_id = ?",
             (session_id,),
         ).fetchone()
-
-
-@pytest.fixture
-def worker_args(hostenv: HostEnv, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
-    key_file = tmp_path / "host.key"
-    key_file.write_text(hostenv.host_key.key.hex() + "\n")
-    key_file.chmod(0o600)
-    args = [
-        "--rpc-url", hostenv.rpc_url,
-        "--addresses", str(addresses_file(tmp_path / "addresses.json", hostenv.addresses)),
-        "--db", str(tmp_path / "host.db"),
-        "--port", "0",
-        "--settlement-interval", "0.5",
-        "--settlement-coalesce", "0.1",
-        "--n-ctx", "512",
-        "--max-sequences", "2",
-        "--n-threads", "1",
-        "--max-tokens-per-request", "32",
-        "--log-level", "INFO",
-    ]  # fmt: skip
-    env = {**os.environ, "FABSTIR_HOST_KEY_FILE": str(key_file)}
-    return args, env
 
 
 def test_kill9_after_receipts_then_restart(

@@ -17,16 +17,6 @@ from support.worker import WorkerThread, http_get
 from web3 import Web3
 
 
-def _rpc(hostenv: HostEnv, method: str, *params: Any) -> Any:
-    w3 = Web3(Web3.HTTPProvider(hostenv.rpc_url))
-    return w3.provider.make_request(method, list(params)).get("result")  # type: ignore[arg-type]
-
-
-def _nonce(hostenv: HostEnv, tag: str = "latest") -> int:
-    w3 = Web3(Web3.HTTPProvider(hostenv.rpc_url))
-    return int(w3.eth.get_transaction_count(hostenv.host.address, tag))  # type: ignore[arg-type]
-
-
 def _serve_and_close(w: WorkerThread, hostenv: HostEnv) -> tuple[int, int]:
     """Serve a session, then stop mining (automine off) and close it: the worker's
     settlement is sent into a chain that does not mine it."""
@@ -35,7 +25,7 @@ def _serve_and_close(w: WorkerThread, hostenv: HostEnv) -> tuple[int, int]:
     async def scenario() -> int:
         client = await start_session(w.url, opened)
         await client.ask("Name a river.", 8)
-        _rpc(hostenv, "evm_setAutomine", False)
+        hostenv.rpc("evm_setAutomine", False)
         await client.close_session()
         return client.tokens
 
@@ -48,7 +38,7 @@ def test_stuck_then_dropped_settlement_is_sent_once(hostenv: HostEnv, start_work
     sender = w.worker.chain.sender
     sender.replace_after = 1.0
     sender.receipt_timeout = 1.5
-    nonce0 = _nonce(hostenv)
+    nonce0 = hostenv.host_nonce()
     try:
         sid, tokens = _serve_and_close(w, hostenv)
         wait_until(lambda: sender.pending(), timeout=20)
@@ -69,24 +59,24 @@ def test_stuck_then_dropped_settlement_is_sent_once(hostenv: HostEnv, start_work
         assert "unreachable" not in health["settlement"]["last_error"]
         # Several passes later: still exactly one settlement transaction in flight.
         time.sleep(2.0)
-        assert _nonce(hostenv, "pending") == nonce0 + 1
+        assert hostenv.host_nonce("pending") == nonce0 + 1
         versions = {v.tx_hash for v in sender._slots[stuck.nonce].versions}
         assert len(versions) >= 2  # replaced with a higher fee meanwhile (same nonce)
         for h in versions:  # the pool forgets it
-            _rpc(hostenv, "anvil_dropTransaction", h)
-        wait_until(lambda: _nonce(hostenv, "pending") == nonce0 + 1, timeout=20)  # re-sent
+            hostenv.rpc("anvil_dropTransaction", h)
+        wait_until(lambda: hostenv.host_nonce("pending") == nonce0 + 1, timeout=20)  # re-sent
     finally:
-        _rpc(hostenv, "evm_setAutomine", True)
-        _rpc(hostenv, "evm_mine")
+        hostenv.rpc("evm_setAutomine", True)
+        hostenv.rpc("evm_mine")
     rec = wait_until(
         lambda: r if (r := w.record(sid)) is not None and r.state == "settled" else None,
         timeout=30,
     )
     assert rec.receipt_tokens == tokens
     assert hostenv.session(sid).tokensUsed == tokens
-    assert _nonce(hostenv) == nonce0 + 1  # one settleBatch, never a second
+    assert hostenv.host_nonce() == nonce0 + 1  # one settleBatch, never a second
     w3 = Web3(Web3.HTTPProvider(hostenv.rpc_url))
-    mined = [h for h in versions if _rpc(hostenv, "eth_getTransactionReceipt", h)]
+    mined = [h for h in versions if hostenv.rpc("eth_getTransactionReceipt", h)]
     assert len(mined) == 1  # one of the signed versions of that one settlement
     assert rec.settle_tx == mined[0]
     assert w3.eth.get_transaction(mined[0])["nonce"] == stuck.nonce
@@ -112,8 +102,8 @@ def test_shutdown_honours_its_timeout_with_a_settlement_pending(
         w.stop(timeout=30)
         assert time.monotonic() - started < 15
     finally:
-        _rpc(hostenv, "evm_setAutomine", True)
-        _rpc(hostenv, "evm_mine")
+        hostenv.rpc("evm_setAutomine", True)
+        hostenv.rpc("evm_mine")
 
 
 def test_a_reorg_before_the_confirmations_resends_the_settlement(
@@ -123,7 +113,7 @@ def test_a_reorg_before_the_confirmations_resends_the_settlement(
     assert w.worker is not None and w.worker.chain is not None
     sender = w.worker.chain.sender
     sender.replace_after = 0.5
-    nonce0 = _nonce(hostenv)
+    nonce0 = hostenv.host_nonce()
     opened = hostenv.open_session()
     sid = opened.session_id
 
@@ -137,13 +127,13 @@ def test_a_reorg_before_the_confirmations_resends_the_settlement(
     # Mined (settled on chain) but not final: the store must not say settled yet.
     wait_until(lambda: hostenv.session(sid).status == 3, timeout=20)
     assert w.record(sid).state == "closing"
-    _rpc(hostenv, "anvil_reorg", 1, [])  # the block holding the settlement is gone
+    hostenv.rpc("anvil_reorg", 1, [])  # the block holding the settlement is gone
     assert hostenv.session(sid).status == 1 and hostenv.session(sid).tokensUsed == 0
     stop = threading.Event()
 
     def miner() -> None:
         while not stop.wait(0.3):
-            _rpc(hostenv, "evm_mine")
+            hostenv.rpc("evm_mine")
 
     t = threading.Thread(target=miner)
     t.start()
@@ -155,7 +145,7 @@ def test_a_reorg_before_the_confirmations_resends_the_settlement(
     assert rec.receipt_tokens == tokens
     info = hostenv.session(sid)
     assert info.status == 3 and info.tokensUsed == tokens  # paid after all
-    assert _nonce(hostenv) == nonce0 + 1  # the same settlement, sent again; not a second
+    assert hostenv.host_nonce() == nonce0 + 1  # the same settlement, sent again; not a second
 
 
 def test_the_journal_lives_next_to_the_per_chain_store(

@@ -4,8 +4,10 @@ tests/support (marketplace.py, reverts.py)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
+import ape
 import pytest
 from ape_ethereum.trace import Trace
 from eth_account import Account
@@ -40,7 +42,7 @@ def keyholder(accounts: Any, admin: Any) -> Any:
     return account
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def env(
     project: Any,
     system: Any,
@@ -52,9 +54,13 @@ def env(
     clients: list[Any],
     outsider: Any,
     keyholder: Any,
+    add_system_model: Callable[..., Any],
+    register_system_host: Callable[..., Any],
+    fund_client: Callable[..., None],
 ) -> Env:
     """The root ``system`` with this suite's actors: two models, two hosts, funded
-    clients (the suite's constants are the default deploy parameters)."""
+    clients (the suite's constants are the default deploy parameters). Module scoped,
+    as every suite's actors on ``system`` (the root conftest says why)."""
     defaults = DeployParams()
     assert (defaults.fee_bps, defaults.settlement_window, defaults.min_stake) == (
         FEE_BPS,
@@ -71,26 +77,22 @@ def env(
     payee = outsider
 
     for repo, file in ((MODEL_REPO, MODEL_FILE), (OTHER_MODEL_REPO, OTHER_MODEL_FILE)):
-        s.model_registry.addModel(repo, file, keccak(text=file), 1234, "{}", sender=curator)
-        s.model_registry.approveModel(keccak(text=f"{repo}/{file}"), sender=curator)
+        add_system_model(repo, file, sha256=keccak(text=file), size=1234)
 
     # host serves MODEL only; host2 serves both.
     for h, served in ((host, [MODEL_ID]), (host2, [MODEL_ID, OTHER_MODEL_ID])):
-        s.fab.transfer(h, 2 * MIN_STAKE, sender=deployer)
-        s.fab.approve(s.node_registry, 2 * MIN_STAKE, sender=h)
-        s.node_registry.register(
-            MIN_STAKE,
-            f"wss://{h.address.lower()}.example",
-            '{"gpu":"test"}',
+        register_system_host(
+            h,
             served,
-            [ETH, s.usdc.address],
-            [HOST_ETH_MIN_PRICE, HOST_USDC_MIN_PRICE],
-            sender=h,
+            {ETH: HOST_ETH_MIN_PRICE, s.usdc.address: HOST_USDC_MIN_PRICE},
+            stake=MIN_STAKE,
+            fund=2 * MIN_STAKE,
+            api_url=f"wss://{h.address.lower()}.example",
+            metadata='{"gpu":"test"}',
         )
 
     for user in (alice, bob, mallory, host, host2):
-        s.usdc.mint(user, 1000 * USDC_UNIT, sender=deployer)
-        s.usdc.approve(s.marketplace, 2**256 - 1, sender=user)
+        fund_client(user, 1000 * USDC_UNIT)
 
     return Env(
         deployer=deployer,
@@ -126,13 +128,15 @@ def usdc(env: Env) -> Any:
     return env.usdc
 
 
-@pytest.fixture(scope="session")
+# Keys only, nothing on chain: chain_isolation=False tells ape so, and a test first
+# asking for one mid-module then does not make ape rebuild the module's env (a rebase).
+@ape.fixture(scope="session", chain_isolation=False)
 def session_key() -> Any:
     """A throw-away receipt key (never needs ETH: the host submits)."""
     return Account.from_key(keccak(text="fabstir test session key"))
 
 
-@pytest.fixture(scope="session")
+@ape.fixture(scope="session", chain_isolation=False)
 def other_key() -> Any:
     return Account.from_key(keccak(text="fabstir test other key"))
 

@@ -1,21 +1,26 @@
-"""Fixtures for the SDK's chain managers: a fresh real deployment (deploy_system) on
-ape's anvil, set up once per test session, and a factory of FabstirSDK instances
-that talk to that anvil over plain JSON-RPC, as a user's SDK would.
+"""Fixtures for the SDK's chain managers: the root ``system`` (deploy_system with the
+default parameters) with this suite's actors on it, and a factory of FabstirSDK
+instances that talk to that anvil over plain JSON-RPC, as a user's SDK would.
 
-Actors (ape's funded test accounts):
-    deployer  accounts[0]  admin everywhere, holds all FAB
-    curator   accounts[1]  ModelRegistry curator
-    treasurer accounts[2]  Treasury.TREASURER_ROLE
-    host1     accounts[3]  serves MODEL_A (USDC min 200, ETH min 1 gwei)
-    host2     accounts[4]  serves MODEL_A and MODEL_B (USDC min 100)
-    host3     accounts[5]  serves MODEL_A (USDC min 100), one settled session of reputation
+Actors (ape's funded test accounts; the roles are the root conftest's):
+    deployer  accounts[0]  admin everywhere, holds all FAB (root ``admin``)
+    curator   accounts[1]  ModelRegistry curator (root ``curator``)
+    treasurer accounts[3]  Treasury.TREASURER_ROLE (root ``treasury``)
+    host1     accounts[4]  serves MODEL_A (USDC min 200, ETH min 1 gwei)
+    host2     accounts[5]  serves MODEL_A and MODEL_B (USDC min 100)
+    host3     accounts[7]  serves MODEL_A (USDC min 100), one settled session of reputation
     alice     accounts[6]  client with 100 USDC (no allowance)
-    bob       accounts[7]  client with no USDC
+    bob       accounts[9]  client with no USDC
     newhost   accounts[8]  50_000 FAB, not registered (registers through the SDK)
-    outsider  accounts[9]  nothing
+    outsider  root ``outsider``: nothing
 
-Ape snapshots the chain around every test, so each test starts from this state;
-SDK instances are per test (their nonce caches must not outlive a revert).
+docs/sdk.md's examples (test_docs_examples.py) use anvil's keys #6 as the funded client
+and #8 as the FAB holder that registers as a host, so alice and newhost keep those
+accounts and the hosts take the accounts without a role in ``system`` around them.
+
+The actors are set up per test module (see the root conftest for why not per session);
+ape snapshots the chain around every test, so each test starts from this state. SDK
+instances are per test (their nonce caches must not outlive a revert).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ape_ethereum.trace import Trace
 from eth_utils.crypto import keccak
 
 from fabstir.chain.params import MOCK, NATIVE, DeployParams, TokenSpec
-from fabstir.chain.system import ETH, Roles, deploy_system
+from fabstir.chain.system import ETH
 from fabstir.protocol.receipts import Eip712Domain, sign_receipt
 from fabstir.sdk.sdk import FabstirSDK
 
@@ -59,44 +64,54 @@ def _quiet_revert_traces(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Trace, "show", lambda self, *args, **kwargs: None)
 
 
-@pytest.fixture(scope="session")
-def env(project: Any, accounts: Any, chain: Any) -> SimpleNamespace:
-    deployer, curator, treasurer, host1, host2, host3, alice, bob, newhost, outsider = accounts[:10]
-    params = DeployParams(
-        fee_bps=1000,
-        settlement_window=SETTLEMENT_WINDOW,
-        min_stake=MIN_STAKE,
-        unbonding_period=UNBONDING,
-        tokens=(TokenSpec("ETH", 18, 5 * 10**14, NATIVE), TokenSpec("USDC", 6, 1 * USDC, MOCK)),
+@pytest.fixture(scope="module")
+def env(
+    system: Any,
+    chain: Any,
+    accounts: Any,
+    admin: Any,
+    curator: Any,
+    treasury: Any,
+    outsider: Any,
+    add_system_model: Callable[..., Any],
+    register_system_host: Callable[..., Any],
+    open_session: Callable[..., int],
+) -> SimpleNamespace:
+    s, deployer, treasurer = system, admin, treasury
+    defaults = DeployParams()
+    assert (defaults.fee_bps, defaults.settlement_window, defaults.min_stake) == (
+        1000,
+        SETTLEMENT_WINDOW,
+        MIN_STAKE,
     )
-    roles = Roles(curator=curator, slasher=curator, treasurer=treasurer)
-    s = deploy_system(project, deployer, params, roles)
+    assert defaults.unbonding_period == UNBONDING
+    assert defaults.tokens == (
+        TokenSpec("ETH", 18, 5 * 10**14, NATIVE),
+        TokenSpec("USDC", 6, 1 * USDC, MOCK),
+    )
+    host1, host2, host3 = accounts[4], accounts[5], accounts[7]
+    alice, bob, newhost = accounts[6], accounts[9], accounts[8]
 
-    models = s.model_registry
-    models.addModel(REPO_A, FILE_A, MODEL_A_SHA, 1234, '{"name":"TinyVicuna"}', sender=curator)
-    models.approveModel(MODEL_A, sender=curator)
+    add_system_model(
+        REPO_A, FILE_A, sha256=MODEL_A_SHA, size=1234, metadata='{"name":"TinyVicuna"}'
+    )
     sha_b = hashlib.sha256(MODEL_B_CONTENT).digest()
-    models.addModel(REPO_B, FILE_B, sha_b, len(MODEL_B_CONTENT), "{}", sender=curator)
-    models.approveModel(model_id(REPO_B, FILE_B), sender=curator)
-    models.addModel(REPO_P, FILE_P, MODEL_A_SHA, 1, "not json", sender=curator)  # stays pending
+    add_system_model(REPO_B, FILE_B, sha256=sha_b, size=len(MODEL_B_CONTENT))
+    add_system_model(REPO_P, FILE_P, sha256=MODEL_A_SHA, size=1, metadata="not json", approve=False)
 
-    def register(h: Any, served: list[str], usdc_price: int) -> None:
-        s.fab.transfer(h, MIN_STAKE, sender=deployer)
-        s.fab.approve(s.node_registry, MIN_STAKE, sender=h)
-        meta = '{"hardware":{"gpu":"H100","vram":80,"ram":256},"location":"eu","costPerToken":%d}'
-        s.node_registry.register(
-            MIN_STAKE,
-            f"ws://{h.address.lower()[:10]}.example:8080",
-            meta % usdc_price,
+    meta = '{"hardware":{"gpu":"H100","vram":80,"ram":256},"location":"eu","costPerToken":%d}'
+    for h, served, usdc_price in (
+        (host1, [MODEL_A], 200),
+        (host2, [MODEL_A, model_id(REPO_B, FILE_B)], 100),
+        (host3, [MODEL_A], 100),
+    ):
+        register_system_host(
+            h,
             served,
-            [s.usdc.address, ETH],
-            [usdc_price, 10**9],
-            sender=h,
+            {s.usdc.address: usdc_price, ETH: 10**9},
+            api_url=f"ws://{h.address.lower()[:10]}.example:8080",
+            metadata=meta % usdc_price,
         )
-
-    register(host1, [MODEL_A], 200)
-    register(host2, [MODEL_A, model_id(REPO_B, FILE_B)], 100)
-    register(host3, [MODEL_A], 100)
     s.fab.transfer(newhost, 50 * MIN_STAKE, sender=deployer)
 
     for who, amount in ((alice, 100 * USDC), (deployer, 100 * USDC)):
@@ -104,12 +119,10 @@ def env(project: Any, accounts: Any, chain: Any) -> SimpleNamespace:
 
     # host3 earns reputation: one settled session opened by the deployer.
     s.usdc.approve(s.marketplace, 2**256 - 1, sender=deployer)
-    s.marketplace.createSessionFromWallet(
-        host3, MODEL_A, s.usdc, USDC, 100, 3600, 100, ETH, sender=deployer
-    )
+    one = open_session(deployer, host3, MODEL_A, USDC, 100, from_wallet=True)
     domain = Eip712Domain(chain.chain_id, s.marketplace.address)
-    r = sign_receipt(deployer.private_key, domain, 1, 500, bytes(32))
-    s.marketplace.settleWithReceipt(1, 500, bytes(32), r.signature_bytes, sender=host3)
+    r = sign_receipt(deployer.private_key, domain, one, 500, bytes(32))
+    s.marketplace.settleWithReceipt(one, 500, bytes(32), r.signature_bytes, sender=host3)
 
     return SimpleNamespace(
         system=s,

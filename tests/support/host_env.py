@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,18 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
+from support import anvil
+from support.accounts import test_key
+from web3 import Web3
 
 from fabstir.protocol.receipts import Eip712Domain
+from fabstir.sdk.config import SDKConfig
+from fabstir.sdk.sdk import FabstirSDK
 
 USDC_UNIT = 10**6
+
+#: ape test account of `HostEnv.client` (funded and with a marketplace deposit).
+CLIENT_ACCOUNT = 8
 
 
 FEE_BPS = 1000
@@ -62,6 +70,8 @@ class HostEnv:
     rpc_url: str
     addresses: dict[str, str]
     chain: Any
+    #: The root conftest's ``open_session`` factory (bound to the same system).
+    opener: Callable[..., int]
     _keys: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -89,18 +99,16 @@ class HostEnv:
     ) -> Opened:
         depositor = depositor or self.client
         key = key or self.new_key()
-        self.mk.createSession(
+        sid = self.opener(
+            depositor,
             host or self.host,
             model_id or self.model_id,
-            self.usdc,
             deposit,
             price,
-            duration,
-            proof_interval,
-            key.address,
-            sender=depositor,
+            duration=duration,
+            proof_interval=proof_interval,
+            signer=key.address,
         )
-        sid = int(self.mk.sessionCount())
         return Opened(sid, key, depositor, deposit, price, proof_interval)
 
     @property
@@ -118,6 +126,33 @@ class HostEnv:
 
     def balance(self, who: Any) -> int:
         return int(self.mk.balanceOf(who, self.usdc))
+
+    def client_sdk(
+        self, account: int = CLIENT_ACCOUNT, storage: Path | None = None, **config: Any
+    ) -> FabstirSDK:
+        """A user's FabstirSDK on this chain (the addresses given, no deployment file),
+        authenticated as ape test account `account`; `config` overrides SDKConfig
+        fields (e.g. `rpc_url` through a proxy, `rpc_retries`)."""
+        settings: dict[str, Any] = dict(
+            rpc_url=self.rpc_url,
+            chain_id=int(self.chain.chain_id),
+            contract_addresses=self.addresses,
+            use_deployment_file=False,
+            storage_dir=storage,
+        )
+        settings.update(config)
+        sdk = FabstirSDK(SDKConfig(**settings))
+        sdk.authenticate(test_key(account))
+        return sdk
+
+    def rpc(self, method: str, *params: Any) -> Any:
+        """A raw JSON-RPC call to the test anvil (evm_mine, anvil_reorg, ...)."""
+        return anvil.rpc(self.rpc_url, method, *params)
+
+    def host_nonce(self, tag: str = "latest") -> int:
+        """The host's transaction count at `tag` ("pending" counts unmined ones)."""
+        w3 = Web3(Web3.HTTPProvider(self.rpc_url))
+        return int(w3.eth.get_transaction_count(self.host.address, tag))  # type: ignore[arg-type]
 
 
 def addresses_file(path: Path, addresses: dict[str, str]) -> Path:

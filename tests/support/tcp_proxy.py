@@ -60,13 +60,13 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, from_target: bool) -> None:
         try:
-            while data := src.recv(65536):
+            while data := src.recv(self._chunk_size(from_target)):
+                self._before_forward(from_target)
                 dst.sendall(data)
         except OSError:
             pass
@@ -74,3 +74,11 @@ class TcpProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+    def _chunk_size(self, from_target: bool) -> int:
+        """How many bytes one read takes (a subclass reads small to slow a stream finely)."""
+        return 65536
+
+    def _before_forward(self, from_target: bool) -> None:
+        """Called before each chunk is passed on; `from_target` is the direction (target
+        -> client). Nothing here: a subclass delays or stalls a direction."""

@@ -13,6 +13,7 @@ Rules every command follows:
 from __future__ import annotations
 
 import enum
+import io
 import itertools
 import json
 import sys
@@ -24,8 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.box import Box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 _SPIN = "|/-\\"
+#: rich box with no borders and a dashed rule under the header (plain ASCII, so the
+#: output pastes into any terminal or log).
+_RULED = Box("    \n    \n -  \n    \n    \n    \n    \n    \n", ascii=True)
+#: Console width for rendering tables: wide enough that rich never wraps a cell.
+_UNBOUNDED = 10_000
 
 
 def jsonable(value: Any) -> Any:
@@ -49,18 +59,22 @@ def jsonable(value: Any) -> Any:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table: header, dashes, rows; columns padded to fit."""
-    cells = [[_cell(c) for c in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
-    rule = "  ".join("-" * w for w in widths)
-    body = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-    return "\n".join([line, rule, *body])
+    """A plain-text table (rich.table): header, a dashed rule, rows; columns padded to fit.
+
+    Cells never wrap or shrink (the console is as wide as the table needs), so an address
+    stays on one line and can be copied; no colours or markup, so text is printed as is.
+    """
+    grid = Table(box=_RULED, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    for header in headers:
+        grid.add_column(header, no_wrap=True, overflow="ignore")
+    for row in rows:
+        grid.add_row(*(Text(_cell(c)) for c in row))
+    buf = io.StringIO()
+    console = Console(
+        file=buf, width=_UNBOUNDED, color_system=None, markup=False, emoji=False, highlight=False
+    )
+    console.print(grid)
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines())
 
 
 def short_hash(value: str, head: int = 4, tail: int = 4) -> str:
