@@ -119,6 +119,9 @@ class ClientSession:
     ending: str = "completed"  # completed | vanished | closed_on_chain | failed | failed_start
     lag_s: float | None = None
     codes: list[str] = field(default_factory=list)  # every error code it met
+    # The creating transaction: after a reorg the same id can name another session
+    # (even the same client's next one), so the id alone does not identify it.
+    tx_hash: str | None = None
 
 
 @dataclass
@@ -177,6 +180,20 @@ def fault_schedule(seed: int, duration: float, *, short: bool = False) -> list[F
         Fault(round(lo + i * slot + rng.uniform(0, max(slot - 4.0, 0.0)), 1), kind)
         for i, kind in enumerate(kinds)
     ]
+
+
+def reorged_away(rec: ClientSession, depositor: str, created_tx: str | None) -> bool:
+    """Whether the chain's session with `rec`'s id is not the one this client opened:
+    a reorg removed its creation, and the id may since name another client's session
+    or this client's next one. `created_tx` is the transaction of the chain's
+    SessionCreated for that id; an orphan of a failed start recorded none."""
+    if depositor.lower() != rec.depositor.lower():
+        return True
+    if rec.tx_hash is None:
+        return False
+    if created_tx is None:
+        return True
+    return rec.tx_hash.lower().removeprefix("0x") != created_tx.lower().removeprefix("0x")
 
 
 def _rpc(url: str, method: str, params: list[Any]) -> Any:
@@ -549,7 +566,7 @@ class Soak:
                 self.stats.unclear.append(f"client {index}: start_session hung")
                 continue
             sid = started.session_id
-            record = ClientSession(sid, str(sdk.address), token)
+            record = ClientSession(sid, str(sdk.address), token, tx_hash=started.tx_hash)
             self.stats.sessions.append(record)
             await self._converse(rng, sdk, sessions, jobs, record, vanish, close)
 
@@ -930,6 +947,12 @@ class Soak:
         by_session: dict[int, list[Any]] = {}
         for log in settled:
             by_session.setdefault(int(log["args"]["sessionId"]), []).append(log["args"])
+        created = {
+            int(log["args"]["sessionId"]): log["transactionHash"].hex()
+            for log in event_logs(
+                chain, market.events.SessionCreated(), from_block=self.start_block
+            )
+        }
         jobs = self.admin.get_session_job_manager()
         infos = {sid: jobs.get_session(sid) for sid in range(1, self.session_count + 1)}
         bad_split, not_settled, twice = [], [], []
@@ -960,8 +983,8 @@ class Soak:
         reorged: list[ClientSession] = []
         for rec in self.stats.sessions:
             info = infos.get(rec.session_id)
-            if info is None or info.depositor.lower() != rec.depositor.lower():
-                reorged.append(rec)  # the session's creation was reorganised away
+            if info is None or reorged_away(rec, info.depositor, created.get(rec.session_id)):
+                reorged.append(rec)
                 continue
             if info.tokens_used > rec.signed:
                 overpaid.append(rec.session_id)
