@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from eth_account import Account
 from support.cli import (
     CLIENT,
+    HOST,
     REPO,
     address_of,
     invoke,
@@ -113,6 +115,26 @@ def test_balance_deposit_withdraw() -> None:
     assert "withdrew 2.0 USDC" in rest.stdout
     after = ok_json(invoke("balance", me, "--json"))
     assert after["wallet"] == "10000.0" and after["deposited"] == "0.0"
+
+
+def test_withdraw_to_another_address_pays_it_and_leaves_the_wallet_alone() -> None:
+    acct = ("--account", f"test:{CLIENT}")
+    me, payee = address_of(CLIENT), address_of(HOST)
+    ok(invoke("deposit", "1.5", *acct))
+    payee_before = ok_json(invoke("balance", payee, "--json"))["wallet"]
+    mine_before = ok_json(invoke("balance", me, "--json"))["wallet"]
+    data = ok_json(invoke("--json", "withdraw", "1", "--to", payee, *acct))
+    assert data["to"] == payee and data["amount"] == "1"
+    assert data["cost"]["transactions"][0]["what"] == "JobMarketplace.withdrawTo"
+    payee_after = ok_json(invoke("balance", payee, "--json"))["wallet"]
+    assert Decimal(payee_after) - Decimal(payee_before) == 1
+    mine = ok_json(invoke("balance", me, "--json"))
+    assert mine["wallet"] == mine_before and mine["deposited"] == "0.5"
+    market = ok_json(invoke("deployments", "show", "--json"))["contracts"]["JobMarketplace"]
+    for bad in ("0x" + "00" * 20, market, "nope"):
+        user_error(invoke("withdraw", "0.5", "--to", bad, *acct), "INVALID_ADDRESS")
+    assert ok_json(invoke("balance", me, "--json"))["deposited"] == "0.5"  # nothing moved
+    ok(invoke("withdraw", *acct))
 
 
 def test_wallet_bad_input() -> None:

@@ -88,36 +88,53 @@ def deposit(amount: str, token: str) -> None:
 @click.command()
 @click.argument("amount", required=False)
 @_TOKEN
+@click.option(
+    "--to",
+    "to",
+    metavar="ADDRESS",
+    help="Pay to ADDRESS instead of your wallet (withdrawTo), e.g. when a token blocks it.",
+)
 @common_options
-def withdraw(amount: str | None, token: str) -> None:
+def withdraw(amount: str | None, token: str, to: str | None) -> None:
     """Withdraw AMOUNT (default: all that is free) from the in-contract balance.
 
     \b
     Examples:
       fabstir withdraw --account test:8
       fabstir withdraw 0.5 --account test:8
+      fabstir withdraw --to 0x90F79bf6EB2c4f870365E785982E1f101E93b906 --account test:8
     """
     st = state()
     sdk = st.sdk(sign=True)
     pm = sdk.get_payment_manager()
+    if to is not None:
+        from fabstir.sdk._base import check_address
+
+        to = check_address(to, "--to")
+    recipient = to if to is not None else str(sdk.address)
     shown = amount if amount is not None else pm.get_balances(None, token).deposited
 
     def calls() -> list[tuple[str, object]]:
         tok = sdk.get_token(token)
-        fn = sdk._contract("JobMarketplace").functions.withdraw(tok.address, tok.parse(shown))
-        return [("JobMarketplace.withdraw", fn)]
+        market = sdk._contract("JobMarketplace").functions
+        if to is None:
+            return [("JobMarketplace.withdraw", market.withdraw(tok.address, tok.parse(shown)))]
+        fn = market.withdrawTo(tok.address, to, tok.parse(shown))
+        return [("JobMarketplace.withdrawTo", fn)]
 
-    cost = confirm_priced(st, sdk, f"withdraw {shown} {token} to {sdk.address}", calls)
-    tx = pm.withdraw(amount, token)
+    cost = confirm_priced(st, sdk, f"withdraw {shown} {token} to {recipient}", calls)
+    tx = pm.withdraw(amount, token, to=to)
     b = pm.get_balances(None, token)
     st.out.result(
         {
             "tx_hash": tx,
             "amount": shown,
             "token": b.symbol,
+            "to": recipient,
             "deposited": b.deposited,
             "cost": cost.to_dict(),
         },
-        f"withdrew {shown} {b.symbol} (tx {tx}); in-contract balance {b.deposited}\n"
+        f"withdrew {shown} {b.symbol} to {recipient} (tx {tx}); in-contract balance "
+        f"{b.deposited}\n"
         f"{cost.describe()}",
     )
