@@ -38,7 +38,7 @@ from fabstir.host.config import HostConfig
 from fabstir.host.engines.base import Engine
 from fabstir.host.metrics import HostMetrics, kv
 from fabstir.host.session import GENESIS_HEX, ServeContext, ServedSession, history_turns
-from fabstir.host.store import SessionStore, SessionTerms
+from fabstir.host.store import SessionRecord, SessionStore, SessionTerms
 from fabstir.protocol.messages import (
     PROTOCOL_VERSION,
     Cancel,
@@ -61,6 +61,7 @@ from fabstir.protocol.messages import (
 from fabstir.protocol.receipts import (
     Eip712Domain,
     InvalidSignatureError,
+    Receipt,
     recover_session_init_signer,
     same_address,
 )
@@ -85,6 +86,11 @@ class ModelInfo:
     file: str
     sha256: str
     n_ctx: int
+
+
+def _acked(receipt: Receipt | None) -> tuple[int, str]:
+    """The (tokens, content hash) a stored receipt acknowledges; none: the start."""
+    return (0, GENESIS_HEX) if receipt is None else (receipt.tokens_used, receipt.content_hash)
 
 
 class HostServer:
@@ -201,21 +207,8 @@ class HostServer:
             model_id=self.model.model_id,
             now=now + self.config.expiry_margin,
         )
-        try:
-            signer = recover_session_init_signer(self.domain, sid, nonce, init.signature)
-        except InvalidSignatureError as exc:
-            raise SDKError(SDKErrorCode.INVALID_PROOF, exc.message) from None
-        if not same_address(signer, session.signer):
-            raise SDKError(
-                SDKErrorCode.WRONG_SIGNER,
-                f"session_init signed by {signer}, not the session key {session.signer}",
-            )
-        record = await self.store.get(sid)
-        if record is not None and record.state != "open":
-            raise SessionRejected(
-                SDKErrorCode.INVALID_SESSION_STATE,
-                f"session {sid} is {record.state} on this host; open a new session",
-            )
+        self._check_init_signer(init, nonce, session.signer)
+        self._check_still_open(sid, await self.store.get(sid))
         terms = SessionTerms(
             session_id=sid,
             client=session.depositor,
@@ -227,8 +220,7 @@ class HostServer:
             ends_at=session.ends_at,
         )
         record = await self.store.register(terms)
-        stored = record.receipt
-        acked = (0, GENESIS_HEX) if stored is None else (stored.tokens_used, stored.content_hash)
+        acked = _acked(record.receipt)
         if session.tokens_used > acked[0]:
             # The chain holds a newer receipt than this host stored (submitted by the
             # client, or the host lost its database): continue from that one.
@@ -241,25 +233,7 @@ class HostServer:
                 )
             acked = (session.tokens_used, content_hash)
             await self.store.set_submitted(sid, session.tokens_used)
-        served = self.sessions.get(sid)
-        if served is not None:
-            previous = served.owner
-            if isinstance(previous, Connection) and previous is not conn:
-                await previous.terminate(
-                    SDKErrorCode.INVALID_SESSION_STATE,
-                    "the session was resumed on a new connection",
-                )
-            served.terms = terms
-            served.rollback(*acked)
-            resumed: str | None = "memory"
-        else:
-            served = ServedSession(
-                terms, acked_tokens=acked[0], acked_hash=acked[1], turns=history_turns(init.history)
-            )
-            self.sessions[sid] = served
-            resumed = "history" if init.history else ("receipt" if acked[0] else None)
-        served.offline = False
-        served.owner = conn
+        served, resumed = await self._attach(terms, acked, init, conn, offline=False)
         log.info(
             kv(
                 "session_ready",
@@ -286,20 +260,8 @@ class HostServer:
             raise SDKError(
                 SDKErrorCode.SERVICE_UNAVAILABLE, "the host cannot reach its chain; retry later"
             )
-        if record.state != "open":
-            raise SessionRejected(
-                SDKErrorCode.INVALID_SESSION_STATE,
-                f"session {sid} is {record.state} on this host; open a new session",
-            )
-        try:
-            signer = recover_session_init_signer(self.domain, sid, nonce, init.signature)
-        except InvalidSignatureError as exc:
-            raise SDKError(SDKErrorCode.INVALID_PROOF, exc.message) from None
-        if not same_address(signer, record.session_key):
-            raise SDKError(
-                SDKErrorCode.WRONG_SIGNER,
-                f"session_init signed by {signer}, not the session key {record.session_key}",
-            )
+        self._check_still_open(sid, record)
+        self._check_init_signer(init, nonce, record.session_key)
         terms = SessionTerms(
             session_id=sid,
             client=record.client,
@@ -310,8 +272,44 @@ class HostServer:
             proof_interval=record.proof_interval,
             ends_at=record.ends_at,
         )
-        stored = record.receipt
-        acked = (0, GENESIS_HEX) if stored is None else (stored.tokens_used, stored.content_hash)
+        acked = _acked(record.receipt)
+        served, _ = await self._attach(terms, acked, init, conn, offline=True)
+        log.warning(kv("session_ready_offline", session=sid, tokens=acked[0], peer=conn.peer))
+        return served
+
+    def _check_init_signer(self, init: SessionInit, nonce: str, session_key: str) -> None:
+        try:
+            signer = recover_session_init_signer(
+                self.domain, init.session_id, nonce, init.signature
+            )
+        except InvalidSignatureError as exc:
+            raise SDKError(SDKErrorCode.INVALID_PROOF, exc.message) from None
+        if not same_address(signer, session_key):
+            raise SDKError(
+                SDKErrorCode.WRONG_SIGNER,
+                f"session_init signed by {signer}, not the session key {session_key}",
+            )
+
+    @staticmethod
+    def _check_still_open(sid: int, record: SessionRecord | None) -> None:
+        if record is not None and record.state != "open":
+            raise SessionRejected(
+                SDKErrorCode.INVALID_SESSION_STATE,
+                f"session {sid} is {record.state} on this host; open a new session",
+            )
+
+    async def _attach(
+        self,
+        terms: SessionTerms,
+        acked: tuple[int, str],
+        init: SessionInit,
+        conn: Connection,
+        *,
+        offline: bool,
+    ) -> tuple[ServedSession, str | None]:
+        """Serve `terms` on `conn` from the acknowledged receipt, taking the session over
+        from an older connection. Returns the session and where its state came from."""
+        sid = terms.session_id
         served = self.sessions.get(sid)
         if served is not None:
             previous = served.owner
@@ -322,15 +320,16 @@ class HostServer:
                 )
             served.terms = terms
             served.rollback(*acked)
+            resumed: str | None = "memory"
         else:
             served = ServedSession(
                 terms, acked_tokens=acked[0], acked_hash=acked[1], turns=history_turns(init.history)
             )
             self.sessions[sid] = served
-        served.offline = True
+            resumed = "history" if init.history else ("receipt" if acked[0] else None)
+        served.offline = offline
         served.owner = conn
-        log.warning(kv("session_ready_offline", session=sid, tokens=acked[0], peer=conn.peer))
-        return served
+        return served, resumed
 
     async def close_session(self, s: ServedSession, reason: str) -> None:
         """Client closed: mark it for settlement and wake the settlement loop."""
