@@ -10,29 +10,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from support.accounts import test_key as key_of
 from support.host_env import HostEnv
 
 from fabstir.gateway.ledger import Ledger
 from fabstir.gateway.pool import PoolConfig, SessionPool
-from fabstir.sdk.config import SDKConfig
 from fabstir.sdk.sdk import FabstirSDK
 from fabstir.sdk.types import SessionStatus
 
-CLIENT = 8  # hostenv.client
-
 
 def _pool(hostenv: HostEnv, tmp_path: Path) -> tuple[SessionPool, Ledger, FabstirSDK]:
-    sdk = FabstirSDK(
-        SDKConfig(
-            rpc_url=hostenv.rpc_url,
-            chain_id=int(hostenv.chain.chain_id),
-            contract_addresses=hostenv.addresses,
-            use_deployment_file=False,
-            storage_dir=tmp_path / "storage",  # empty: no client state for any session
-        )
-    )
-    sdk.authenticate(key_of(CLIENT))
+    # Empty storage: the SDK has no client state for any session.
+    sdk = hostenv.client_sdk(storage=tmp_path / "storage")
     ledger = Ledger(
         tmp_path / "gateway.db",
         chain_id=int(hostenv.chain.chain_id),

@@ -10,60 +10,35 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support.accounts import test_key as key_of
 from support.host_env import HostEnv
 from support.waits import run
 from support.worker import WorkerThread
-from web3 import Web3
 
-from fabstir.sdk.config import SDKConfig
 from fabstir.sdk.errors import SDKError, SDKErrorCode
-from fabstir.sdk.sdk import FabstirSDK
 from fabstir.sdk.types import SessionStatus
 
-CLIENT = 8  # hostenv.client
 CONFIG = {"deposit_amount": "1.0", "price_per_token": 250, "duration": 3600, "proof_interval": 16}
-
-
-def _rpc(hostenv: HostEnv, method: str, *params: Any) -> Any:
-    w3 = Web3(Web3.HTTPProvider(hostenv.rpc_url))
-    return w3.provider.make_request(method, list(params)).get("result")  # type: ignore[arg-type]
-
-
-def _sdk(hostenv: HostEnv, storage: Path) -> FabstirSDK:
-    sdk = FabstirSDK(
-        SDKConfig(
-            rpc_url=hostenv.rpc_url,
-            chain_id=int(hostenv.chain.chain_id),
-            contract_addresses=hostenv.addresses,
-            use_deployment_file=False,
-            storage_dir=storage,
-        )
-    )
-    sdk.authenticate(key_of(CLIENT))
-    return sdk
 
 
 def test_a_session_reorganised_away_is_not_taken_for_the_one_that_got_its_id(
     hostenv: HostEnv, start_worker: Callable[..., WorkerThread], tmp_path: Path
 ) -> None:
     worker = start_worker()
-    sessions = _sdk(hostenv, tmp_path / "storage").get_session_manager()
+    sessions = hostenv.client_sdk(storage=tmp_path / "storage").get_session_manager()
     escrowed_before = int(hostenv.mk.escrowedOf(hostenv.client, hostenv.usdc))
 
     async def scenario() -> tuple[int, SDKError, SDKError]:
-        before = int(await asyncio.to_thread(_rpc, hostenv, "eth_blockNumber"), 16)
+        before = int(await asyncio.to_thread(hostenv.rpc, "eth_blockNumber"), 16)
         started = await sessions.start_session(
             "0x" + hostenv.model_id.hex(), hostenv.host.address, CONFIG, worker.url
         )
         sid = started.session_id
         await sessions.send_prompt(sid, "Name a river.", max_tokens=8)
         # The blocks since `before` (the creation) are replaced by empty ones...
-        now = int(await asyncio.to_thread(_rpc, hostenv, "eth_blockNumber"), 16)
-        await asyncio.to_thread(_rpc, hostenv, "anvil_reorg", now - before, [])
+        now = int(await asyncio.to_thread(hostenv.rpc, "eth_blockNumber"), 16)
+        await asyncio.to_thread(hostenv.rpc, "anvil_reorg", now - before, [])
         # ...and another client's session gets the id, and is settled.
         other = await asyncio.to_thread(hostenv.open_session, depositor=hostenv.client2)
         assert other.session_id == sid
@@ -79,6 +54,6 @@ def test_a_session_reorganised_away_is_not_taken_for_the_one_that_got_its_id(
     assert "reorganised away" in completing.message
     assert resuming.code is SDKErrorCode.SESSION_NOT_FOUND, resuming
     # The other client's session is untouched, and none of this client's money is held.
-    info = _sdk(hostenv, tmp_path / "other").get_session_job_manager().get_session(sid)
+    info = hostenv.client_sdk(storage=tmp_path / "other").get_session_job_manager().get_session(sid)
     assert info.depositor == hostenv.client2.address and info.status == SessionStatus.CLOSING
     assert int(hostenv.mk.escrowedOf(hostenv.client, hostenv.usdc)) == escrowed_before
