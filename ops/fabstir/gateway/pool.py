@@ -220,6 +220,7 @@ class SessionPool:
                 key = (host.address, model.model_id)
                 self._opening[key] = self._opening.get(key, 0) + 1
                 self._reserved += deposit
+            opened: PooledSession | None = None
             try:
                 opened = await self._open(model, host, deposit)
             except ApiError:
@@ -235,14 +236,17 @@ class SessionPool:
                 exclude.add(host.address)
                 continue
             finally:
+                # One critical section: were the new session registered in a later one,
+                # a waiter could run in between, count neither it nor its opening, and
+                # open one more than sessions_per_host (or spend its reserved deposit).
                 async with self._changed:
                     self._opening[key] -= 1
                     self._reserved -= deposit
+                    if opened is not None:
+                        opened.busy = True
+                        self._sessions[opened.session_id] = opened
                     self._changed.notify_all()
-            async with self._changed:
-                opened.busy = True
-                self._sessions[opened.session_id] = opened
-                return opened
+            return opened
 
     def _decide(
         self, model: ModelEntry, want: int, exclude: set[str]
