@@ -161,14 +161,18 @@ def test_ape_run_publish_sources_submits_and_waits(
     }
     env.pop(ENV_API_KEY_FILE, None)
     args = ["--network", "ethereum:local:foundry", "--api-url", standin.url]
-    proc = subprocess.run(
-        [ape, "run", "publish_sources", *args, "--poll-interval", "0.01"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+
+    def publish() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [ape, "run", "publish_sources", *args, "--poll-interval", "0.01"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    proc = publish()
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     lines = [line for line in proc.stdout.splitlines() if ": " in line]
     records = deployed.deployment.contracts
@@ -181,14 +185,7 @@ def test_ape_run_publish_sources_submits_and_waits(
 
     # A failure is one line and exit 1.
     standin.answers["FABToken"] = ["Fail - Unable to verify"]
-    failed = subprocess.run(
-        [ape, "run", "publish_sources", *args, "--poll-interval", "0.01"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    failed = publish()
     assert failed.returncode == 1 and "error: " in failed.stderr
     assert "verification failed: Fail - Unable to verify" in failed.stderr
     assert "Traceback" not in failed.stderr

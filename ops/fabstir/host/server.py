@@ -262,16 +262,7 @@ class HostServer:
             )
         self._check_still_open(sid, record)
         self._check_init_signer(init, nonce, record.session_key)
-        terms = SessionTerms(
-            session_id=sid,
-            client=record.client,
-            session_key=record.session_key,
-            token=record.token,
-            price=record.price,
-            max_tokens=record.max_tokens,
-            proof_interval=record.proof_interval,
-            ends_at=record.ends_at,
-        )
+        terms = record.terms
         acked = _acked(record.receipt)
         served, _ = await self._attach(terms, acked, init, conn, offline=True)
         log.warning(kv("session_ready_offline", session=sid, tokens=acked[0], peer=conn.peer))

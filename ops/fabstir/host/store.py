@@ -192,6 +192,20 @@ class SessionRecord:
         return cls(*values)
 
     @property
+    def terms(self) -> SessionTerms:
+        """The session's terms as the store registered them."""
+        return SessionTerms(
+            session_id=self.session_id,
+            client=self.client,
+            session_key=self.session_key,
+            token=self.token,
+            price=self.price,
+            max_tokens=self.max_tokens,
+            proof_interval=self.proof_interval,
+            ends_at=self.ends_at,
+        )
+
+    @property
     def receipt_tokens(self) -> int:
         """The newest stored receipt's `tokens_used` (0 before the first)."""
         return 0 if self.receipt is None else self.receipt.tokens_used
