@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from support.host_env import HostEnv
-from support.protocol_client import start_session
+from support.protocol_client import ask_and_close, start_session
 from support.rpc_proxy import FaultProxy
 from support.waits import run, wait_until
 from support.worker import http_get, metric
@@ -76,13 +76,7 @@ def test_settlement_undone_by_a_reorg_deeper_than_the_confirmations_is_sent_agai
     sid = opened.session_id
     miner.start()
 
-    async def scenario() -> int:
-        client = await start_session(w.url, opened)
-        await client.ask("Name a river.", 8)
-        await client.close_session()
-        return client.tokens
-
-    tokens = run(scenario())
+    tokens = run(ask_and_close(w.url, opened, "Name a river.", 8))
     assert tokens > 0
     first = wait_until(lambda: r if (r := w.record(sid)).state == "settled" else None, timeout=30)
     miner.stop()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from support.anvil import rpc
 from support.host_env import PRICE, HostEnv
-from support.protocol_client import start_session
+from support.protocol_client import ask_and_close
 from support.waits import run, wait_until
 from support.worker import WorkerThread, http_get, metric
 from web3 import Web3
@@ -75,13 +75,7 @@ def _loop(w: WorkerThread) -> SettlementLoop:
 def _serve_and_close(w: WorkerThread, hostenv: HostEnv) -> tuple[int, int]:
     opened = hostenv.open_session()
 
-    async def scenario() -> int:
-        client = await start_session(w.url, opened)
-        await client.ask("Name a lake.", 6)
-        await client.close_session()
-        return client.tokens
-
-    return opened.session_id, run(scenario())
+    return opened.session_id, run(ask_and_close(w.url, opened, "Name a lake.", 6))
 
 
 def test_a_large_l1_fee_holds_a_small_batch_back_until_it_drops(

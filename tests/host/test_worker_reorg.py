@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from support.host_env import HostEnv
-from support.protocol_client import start_session
+from support.protocol_client import ask_and_close
 from support.waits import run, wait_until
 
 from fabstir.host.config import ConfigError
@@ -23,13 +23,7 @@ def test_settlement_dropped_by_a_reorg_is_sent_again(hostenv: HostEnv, start_wor
     opened = hostenv.open_session()
     sid = opened.session_id
 
-    async def scenario() -> int:
-        client = await start_session(w.url, opened)
-        await client.ask("Name a river.", 8)
-        await client.close_session()
-        return client.tokens
-
-    tokens = run(scenario())
+    tokens = run(ask_and_close(w.url, opened, "Name a river.", 8))
     assert tokens > 0
     mk = hostenv.mk
     wait_until(lambda: mk.getSession(sid).status == 3 or None, timeout=30)  # Settled

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from support.host_env import HostEnv
-from support.protocol_client import start_session
+from support.protocol_client import ask_and_close, start_session
 from support.waits import run, wait_until
 from support.worker import WorkerThread, http_get
 from web3 import Web3
@@ -117,13 +117,7 @@ def test_a_reorg_before_the_confirmations_resends_the_settlement(
     opened = hostenv.open_session()
     sid = opened.session_id
 
-    async def scenario() -> int:
-        client = await start_session(w.url, opened)
-        await client.ask("Name a hill.", 8)
-        await client.close_session()
-        return client.tokens
-
-    tokens = run(scenario())
+    tokens = run(ask_and_close(w.url, opened, "Name a hill.", 8))
     # Mined (settled on chain) but not final: the store must not say settled yet.
     wait_until(lambda: hostenv.session(sid).status == 3, timeout=20)
     assert w.record(sid).state == "closing"

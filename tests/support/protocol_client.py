@@ -279,3 +279,12 @@ async def start_session(url: str, opened: Opened, **kw: Any) -> ProtocolClient:
     ready = await client.init(opened.session_id, opened.key, **kw)
     assert isinstance(ready, SessionReady), ready
     return client
+
+
+async def ask_and_close(url: str, opened: Opened, prompt: str, max_tokens: int) -> int:
+    """One prompt in a fresh session, then the client's close: the tokens received
+    (the final receipt's count), for tests of what settlement does next."""
+    client = await start_session(url, opened)
+    await client.ask(prompt, max_tokens)
+    await client.close_session()
+    return client.tokens
